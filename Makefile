@@ -1,0 +1,60 @@
+# DigitDraw: the two commands in the README are `make run` and `make test`.
+# Everything runs from the virtual environment .venv at the repository root.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# `make run` settings (the same names as the CLI flags' environment variables)
+MODEL_URI ?= model-store
+TRAIN_DATA ?= bundled
+HOST ?= 127.0.0.1
+PORT ?= 8080
+
+.PHONY: setup browser run train serve test validate bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt training/requirements.txt service/requirements.txt tests/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+# Debian's Chromium for the browser tests, shellcheck for the infra scripts (needs root, as in CI).
+browser:
+	@if [ ! -x /usr/bin/chromium ] || ! command -v shellcheck >/dev/null; then \
+	  apt-get install -y --no-install-recommends chromium chromium-driver shellcheck \
+	  || (apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver shellcheck); \
+	fi
+
+# Train on the bundled data if the store has no model yet, then serve the app.
+run: setup
+	@if [ ! -e "$(MODEL_URI)/models/LATEST" ] && case "$(MODEL_URI)" in gs://*) false;; *) true;; esac; then \
+	  echo "no model in $(MODEL_URI): training one on $(TRAIN_DATA) data first"; \
+	  TRAIN_DATA=$(TRAIN_DATA) PUBLISH_URIS=$(MODEL_URI) $(PY) -m training; \
+	fi
+	@echo "serving DigitDraw on http://$(HOST):$(PORT)/"
+	MODEL_URI=$(MODEL_URI) HOST=$(HOST) PORT=$(PORT) $(PY) -m service
+
+train: setup
+	PUBLISH_URIS=$(MODEL_URI) $(PY) -m training
+
+serve: setup
+	MODEL_URI=$(MODEL_URI) HOST=$(HOST) PORT=$(PORT) $(PY) -m service
+
+test: setup browser
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Validate the rendered manifests against a live cluster (kubectl apply --dry-run=server).
+validate:
+	infra/validate-live.sh
+
+bench: setup
+	$(PY) bench/train_bench.py
+	$(PY) bench/serve_bench.py
+	$(PY) bench/handwriting_eval.py
+
+clean:
+	rm -rf $(VENV) runs .data .pytest_cache .hypothesis
