@@ -1,0 +1,220 @@
+"""Publish an exported ONNX model to one or more model stores (layout in service/store.py).
+
+For each store, in order:
+
+1. upload ``models/<version>/model.onnx``, then ``model.json`` (objects are never overwritten);
+2. read both back with ``load_verified``, exactly as the service will, and check the sha256;
+3. only then move ``LATEST`` with compare-and-swap, if the promotion gate allows it.
+
+The promotion gate: a model whose val_accuracy is below the current LATEST model's by
+more than ``margin`` is published (its files are in the store) but not promoted, unless
+``force``. If another publisher moves LATEST between our read and our swap, the swap
+fails with PointerConflict; we re-read LATEST, re-apply the gate against the new model
+and try again, a bounded number of times. No publisher ever overwrites LATEST blindly.
+
+A crash at any point before the swap leaves LATEST on the previous good version; the
+orphaned version directory is harmless (the service only follows LATEST).
+
+This module needs onnx but not torch.
+"""
+import datetime
+import json
+
+import onnx
+
+from service.store import (MODELS, PointerConflict, StoreError, StoreNotFound, StoreUnreachable, load_verified,
+                           open_store, sha256_hex)
+
+# The model store contract: what the service feeds in and reads out.
+INPUT_NAME, INPUT_SHAPE = "image", ["N", 1, 28, 28]
+OUTPUT_NAME, OUTPUT_SHAPE = "logits", ["N", 10]
+
+ATTEMPTS = 5  # LATEST swaps tried per store before giving up (each failure means another publisher won)
+
+# Keys publish() writes into model.json itself; meta may not set them.
+RESERVED = ("version", "created_at", "sha256", "size_bytes", "input", "output")
+
+
+def model_signature(onnx_bytes):
+    """Check that ``onnx_bytes`` meets the store contract and return its input/output description.
+
+    Returns ``{"input": {"name", "shape", "dtype"}, "output": {...}}`` with the batch
+    dimension written as "N". Raises ValueError naming what is wrong: not ONNX, external
+    data, or a name, shape, type or static batch size the service cannot use.
+    """
+    try:
+        model = onnx.load_from_string(onnx_bytes)
+    except Exception as e:  # protobuf raises its own DecodeError, onnx others
+        raise ValueError(f"not a valid ONNX model ({type(e).__name__}: {e})") from e
+    external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise ValueError(f"ONNX model keeps {len(external)} tensors in external data files (e.g. {external[0]!r}); "
+                         "export it as one file (external_data=False)")
+
+    def describe(values, kind, name, shape):
+        if [v.name for v in values] != [name]:
+            raise ValueError(f"ONNX model {kind}s are {[v.name for v in values]}; the store contract needs one "
+                             f"{kind} named {name!r}")
+        tensor = values[0].type.tensor_type
+        if tensor.elem_type != onnx.TensorProto.FLOAT:
+            raise ValueError(f"ONNX {kind} {name!r} has type {onnx.TensorProto.DataType.Name(tensor.elem_type)}; "
+                             "the store contract needs FLOAT (float32)")
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        if len(dims) != len(shape) or dims[1:] != shape[1:] or dims[0] is not None:
+            got = ["N" if d is None else d for d in dims]
+            raise ValueError(f"ONNX {kind} {name!r} has shape {got}; the store contract needs {shape} "
+                             "with a dynamic batch dimension N")
+        return {"name": name, "shape": list(shape), "dtype": "float32"}
+
+    return {"input": describe(model.graph.input, "input", INPUT_NAME, INPUT_SHAPE),
+            "output": describe(model.graph.output, "output", OUTPUT_NAME, OUTPUT_SHAPE)}
+
+
+def _val_accuracy(meta, where):
+    """meta["metrics"]["val_accuracy"] as a float in [0, 1], or ValueError naming ``where``."""
+    try:
+        acc = float(meta["metrics"]["val_accuracy"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{where} has no numeric metrics.val_accuracy ({type(e).__name__}: {e})") from e
+    if not 0.0 <= acc <= 1.0:
+        raise ValueError(f"{where}: metrics.val_accuracy={acc} is not a fraction in [0, 1]")
+    return acc
+
+
+def publish(onnx_bytes, meta, store_uris, margin=0.002, force=False, log=print, attempts=ATTEMPTS):
+    """Publish ``onnx_bytes`` as a new version to every store in ``store_uris``.
+
+    ``meta`` goes into model.json as is (it must be JSON-serialisable and hold
+    ``metrics.val_accuracy`` as a fraction; add data source, training config, code
+    revision); publish adds version, created_at, sha256, size_bytes, input and output.
+    The version is ``<UTC %Y%m%dT%H%M%SZ>-<first 8 hex of sha256>``, so names sort by time.
+
+    Returns ``{"version", "sha256", "stores": {uri: {"promoted", "reason", "previous", "conflicts"}}}``
+    where ``previous`` is the LATEST version we replaced (promoted) or kept (not promoted)
+    and ``conflicts`` counts swaps lost to other publishers.
+
+    Every store is tried. If any failed, the first failure is re-raised afterwards with its
+    class (StoreUnreachable, StoreError, PointerConflict) and a message naming the store and
+    saying which stores did succeed. ValueError means the model or meta is unusable; then
+    nothing is written anywhere.
+    """
+    if not store_uris:
+        raise ValueError("no model store given; pass at least one directory or gs://bucket/prefix")
+    signature = model_signature(onnx_bytes)
+    acc = _val_accuracy(meta, "meta")
+    clash = sorted(set(meta) & set(RESERVED))
+    if clash:
+        raise ValueError(f"meta sets {clash}, which publish writes itself; remove them from meta")
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    sha = sha256_hex(onnx_bytes)
+    version = f"{now:%Y%m%dT%H%M%SZ}-{sha[:8]}"
+    record = {**meta, "version": version, "created_at": f"{now:%Y-%m-%dT%H:%M:%SZ}", "sha256": sha,
+              "size_bytes": len(onnx_bytes), **signature}
+    try:
+        meta_bytes = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+    except TypeError as e:
+        raise ValueError(f"meta is not JSON-serialisable ({e}); convert numpy/torch values to plain Python") from e
+
+    log(f"publish: version {version} (val_accuracy {acc:.4f}, {len(onnx_bytes):,} bytes) to {len(store_uris)} store(s)")
+    results, failures = {}, []
+    for uri in store_uris:
+        try:
+            results[uri] = _publish_one(uri, version, onnx_bytes, meta_bytes, sha, acc, margin, force, log, attempts)
+        except StoreError as e:
+            log(f"publish: {uri}: FAILED: {e}")
+            failures.append((uri, e))
+    if failures:
+        uri, e = failures[0]
+        done = ", ".join(results) or "none"
+        raise type(e)(f"publishing {version} to {uri} failed: {e} (stores that succeeded: {done})") from e
+    return {"version": version, "sha256": sha, "stores": results}
+
+
+def _publish_one(uri, version, onnx_bytes, meta_bytes, sha, acc, margin, force, log, attempts):
+    store = open_store(uri)
+    base = f"{MODELS}/{version}"
+    # model.onnx first: a model.json always describes a model that is already there.
+    _put(store, f"{base}/model.onnx", onnx_bytes)
+    log(f"publish: {store.uri}: uploaded {base}/model.onnx")
+    _put(store, f"{base}/model.json", meta_bytes)
+    log(f"publish: {store.uri}: uploaded {base}/model.json")
+
+    # Read back through the service's own check, so LATEST never names a version it would refuse.
+    _, stored = load_verified(store, version)
+    if stored.get("sha256") != sha:
+        raise StoreError(f"{store.uri}/{base}/model.json read back describes sha256 {stored.get('sha256')}, "
+                         f"not this model's {sha}")
+    log(f"publish: {store.uri}: verified {version} (sha256 {sha[:12]})")
+
+    conflicts = 0
+    for attempt in range(1, attempts + 1):
+        try:
+            pointer, token = store.read_latest()
+        except PointerConflict:  # GCS: LATEST moved while we were reading it
+            conflicts += 1
+            continue
+        current = pointer["version"] if pointer else None
+        if current == version:
+            return _result(True, f"{version} is already LATEST", current, conflicts)
+        promote, reason = _gate(store, current, acc, margin, force)
+        if not promote:
+            log(f"publish: {store.uri}: NOT promoting {version}: {reason}")
+            return _result(False, reason, current, conflicts)
+        log(f"publish: {store.uri}: moving LATEST {current} -> {version} ({reason})")
+        try:
+            store.swap_latest({"version": version}, token)
+        except PointerConflict:
+            conflicts += 1
+            log(f"publish: {store.uri}: another publisher moved LATEST first; re-reading it and re-applying "
+                f"the gate (attempt {attempt}/{attempts})")
+            continue
+        log(f"publish: {store.uri}: LATEST is now {version}")
+        return _result(True, reason, current, conflicts)
+    raise PointerConflict(f"{store.uri}: LATEST kept moving under other publishers; gave up after {attempts} "
+                          f"attempts. {version} is uploaded and verified but not promoted; publish again to retry")
+
+
+def _result(promoted, reason, previous, conflicts):
+    return {"promoted": promoted, "reason": reason, "previous": previous, "conflicts": conflicts}
+
+
+def _gate(store, current, acc, margin, force):
+    """Decide whether to replace LATEST ``current``: return (promote, reason)."""
+    if current is None:
+        return True, "no LATEST yet"
+    try:
+        _, current_meta = load_verified(store, current)
+    except StoreUnreachable:
+        raise
+    except StoreError as e:
+        # The service refuses what LATEST names, so anything verified is better.
+        return True, f"current LATEST {current} is unusable ({e})"
+    try:
+        current_acc = _val_accuracy(current_meta, f"{store.uri}/{MODELS}/{current}/model.json")
+    except ValueError as e:
+        return True, f"current LATEST {current} cannot be compared ({e})"
+    # The 1e-9 keeps float rounding (0.99 - 0.988 > 0.002) from deciding an exact-margin tie.
+    if current_acc - acc > margin + 1e-9:
+        why = (f"val_accuracy {acc:.4f} is below LATEST {current}'s {current_acc:.4f} "
+               f"by more than the margin {margin}")
+        if force:
+            return True, f"forced, although {why}"
+        return False, f"{why}; published but not promoted (force to promote it anyway)"
+    return True, f"val_accuracy {acc:.4f} vs LATEST {current}'s {current_acc:.4f}, within margin {margin}"
+
+
+def _put(store, key, data):
+    """Write ``key`` once; an existing identical object (a retried publish) is fine, a different one is not."""
+    try:
+        store.write_bytes(key, data)
+    except StoreUnreachable:
+        raise
+    except StoreError as e:
+        try:
+            existing = store.read_bytes(key)
+        except StoreNotFound:
+            raise e from None
+        if existing != data:
+            raise StoreError(f"{store.uri}/{key} already exists with different content; versions are immutable, "
+                             "publish again for a new version name") from e
