@@ -81,10 +81,13 @@ class LocalStore:
     def write_bytes(self, key, data):
         """Write a new object; never overwrites (a version is immutable once written)."""
         path = self._path(key)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         if os.path.exists(path):
             raise StoreError(f"{path} already exists; versions are immutable, publish a new version")
-        _atomic_write(path, data)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            _atomic_write(path, data)
+        except OSError as e:
+            raise StoreUnreachable(f"cannot write {path}: {e}") from e
 
     def read_latest(self):
         """Return (pointer dict or None, token) for LATEST."""
@@ -97,10 +100,14 @@ class LocalStore:
     def swap_latest(self, pointer, expected_token):
         """Point LATEST at ``pointer`` if it still holds ``expected_token`` (None: must not exist)."""
         path = self._path(LATEST)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            lock = open(path + ".lock", "a")
+        except OSError as e:
+            raise StoreUnreachable(f"cannot write {path}: {e}") from e
         # The lock makes check-then-rename one step between publishers on this filesystem;
         # the rename makes the new pointer appear whole to readers, who take no lock.
-        with open(path + ".lock", "a") as lock:
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 with open(path, "rb") as f:
@@ -150,7 +157,7 @@ class GCSStore:
         try:
             return fn()
         except gexc.NotFound as e:
-            if "bucket" in str(e).lower() and "object" not in str(e).lower():
+            if not self._bucket_exists():
                 raise StoreUnreachable(f"{what}: bucket gs://{self.bucket_name} does not exist") from e
             raise StoreNotFound(f"{what}: not found") from e
         except gexc.PreconditionFailed as e:
@@ -161,6 +168,19 @@ class GCSStore:
         except (requests.exceptions.RequestException, auth_exc.GoogleAuthError,
                 gexc.ServiceUnavailable, gexc.InternalServerError, gexc.RetryError, OSError) as e:
             raise StoreUnreachable(f"{what}: cannot reach GCS ({type(e).__name__}: {e})") from e
+
+    def _bucket_exists(self):
+        # A 404's text does not say whether the bucket or the object is missing, so ask. Listing
+        # needs only object-read permission (bucket metadata needs more) and 404s without a bucket.
+        from google.api_core import exceptions as gexc
+
+        try:
+            list(self._get_bucket().client.list_blobs(self.bucket_name, max_results=1, timeout=30))
+        except gexc.NotFound:
+            return False
+        except Exception:  # can't tell: report the original 404 as a missing object
+            return True
+        return True
 
     def read_bytes(self, key):
         name = self._blob_name(key)
@@ -179,7 +199,10 @@ class GCSStore:
 
         def read():
             blob = self._get_bucket().get_blob(name, timeout=30)
-            if blob is None:
+            if blob is None:  # get_blob hides the 404, also for a missing bucket
+                if not self._bucket_exists():
+                    raise StoreUnreachable(f"gs://{self.bucket_name}/{name}: bucket gs://{self.bucket_name} "
+                                           "does not exist")
                 return None, None
             raw = blob.download_as_bytes(if_generation_match=blob.generation, timeout=30)
             return _parse_pointer(raw, f"gs://{self.bucket_name}/{name}"), blob.generation
