@@ -90,7 +90,7 @@ def load_mnist(source=DEFAULT_SOURCE, data_dir=DEFAULT_DATA_DIR, mirrors=None, l
     ``mirrors`` is a list or a comma-separated string of base URLs. ``checksums``,
     ``retries`` and ``backoff`` are passed to download_mnist (tests use their own).
     """
-    mirrors = parse_mirrors(mirrors)
+    mirrors, source = parse_mirrors(mirrors), os.fspath(source)
     if source == "bundled":
         return _load_bundled(log)
     if source in ("mnist", "auto"):
