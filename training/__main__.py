@@ -1,0 +1,203 @@
+"""python -m training: train on Ray Train, write a report, export to ONNX and publish.
+
+Every flag has an environment variable of the same meaning (shown in --help), so the
+same image runs from a shell, a Makefile or a KubeRay RayJob manifest.
+"""
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+
+# Keep an embedded Ray on loopback, with one auth mode for the cluster and its clients.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from training.data import DATA_DIR_HELP, DATA_ERRORS, MIRRORS_HELP, SOURCE_HELP, load_mnist  # noqa: E402
+from training.train import DEFAULT_CONFIG  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _bool(text):
+    if str(text).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(text).lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _optional_int(text):
+    return None if str(text).lower() in ("", "none", "all", "0") else int(text)
+
+
+# (flag, env var, default, type, help). The defaults here are the documented ones.
+FLAGS = [
+    ("--data", "TRAIN_DATA", "auto", str, SOURCE_HELP),
+    ("--data-dir", "DATA_DIR", ".data", str, DATA_DIR_HELP),
+    ("--mirrors", "MNIST_MIRRORS", "", str, MIRRORS_HELP),
+    ("--epochs", "EPOCHS", DEFAULT_CONFIG["epochs"], int, "training epochs (one-cycle schedule over all of them)"),
+    ("--batch-size", "BATCH_SIZE", DEFAULT_CONFIG["batch_size"], int, "global batch size, split across workers"),
+    ("--lr", "LR", DEFAULT_CONFIG["lr"], float, "peak learning rate of the one-cycle SGD schedule"),
+    ("--num-workers", "NUM_WORKERS", 2, int, "Ray Train workers (DDP processes)"),
+    ("--use-gpu", "USE_GPU", False, _bool, "one GPU per worker, NCCL instead of gloo"),
+    ("--storage-path", "STORAGE_PATH", "runs", str,
+     "Ray Train storage: local dir, shared (ReadWriteMany) PVC mount or gs://bucket/prefix; "
+     "checkpoints and the report go to <storage-path>/<run-name>"),
+    ("--checkpoint-mirror", "CHECKPOINT_MIRROR", "none", str,
+     "also copy every checkpoint to <mirror>/<run-name> (gs://bucket/prefix or a dir); resume falls back "
+     "to it when the run directory is gone; none to disable"),
+    ("--run-name", "RUN_NAME", "", str,
+     "run name; reuse one to resume that run (default: a fresh digitdraw-<timestamp>)"),
+    ("--publish", "PUBLISH_URIS", "model-store", str,
+     "comma-separated model stores (dirs or gs://bucket/prefix) to publish the ONNX model to; none to skip "
+     "export and publish"),
+    ("--max-train-samples", "MAX_TRAIN_SAMPLES", None, _optional_int,
+     "use only the first N training digits (quick runs); default all"),
+    ("--promotion-margin", "PROMOTION_MARGIN", 0.002, float,
+     "do not move LATEST if validation accuracy is more than this below LATEST's"),
+    ("--force-promote", "FORCE_PROMOTE", False, _bool, "move LATEST regardless of the promotion gate"),
+    ("--max-failures", "MAX_FAILURES", 3, int, "worker-group restarts from the last checkpoint before giving up"),
+    ("--keep-checkpoints", "KEEP_CHECKPOINTS", 3, int, "checkpoints kept: the best N by validation accuracy"),
+    ("--seed", "SEED", DEFAULT_CONFIG["seed"], int, "random seed (each rank adds its rank)"),
+]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Also read: RAY_ADDRESS (join that Ray cluster, e.g. inside a RayJob; default: start Ray "
+               "embedded on 127.0.0.1), STORAGE_EMULATOR_HOST (use a GCS emulator for gs://), CODE_REVISION "
+               "(recorded in model.json when git is unavailable), FAIL_AT_EPOCH (tests: one worker exits once "
+               "in that epoch).")
+    for flag, env, default, kind, text in FLAGS:
+        value = os.environ.get(env)
+        parser.add_argument(flag, type=kind, default=kind(value) if value is not None else default,
+                            help=f"{text} (env {env}; default {default if default not in ('', None) else 'none'})")
+    return parser.parse_args(argv)
+
+
+def code_revision():
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        if rev.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            return rev.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.environ.get("CODE_REVISION", "unknown")
+
+
+def start_ray(num_workers, use_gpu, log):
+    """Connect to RAY_ADDRESS if set (inside a RayJob), else start Ray embedded on loopback."""
+    import ray
+
+    t = time.time()
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+        where = f"cluster at {os.environ['RAY_ADDRESS']}"
+    else:
+        # One CPU per worker plus one for the Train controller; never fewer than the machine has.
+        cpus = max(os.cpu_count() or 1, num_workers + 1)
+        ray.init(num_cpus=cpus, num_gpus=num_workers if use_gpu else None, include_dashboard=False,
+                 _node_ip_address="127.0.0.1")
+        where = "embedded on 127.0.0.1"
+    seconds = time.time() - t
+    log(f"ray: {where}, started in {seconds:.1f}s, resources {ray.cluster_resources()}")
+    return seconds
+
+
+def main(argv=None):
+    t0 = time.time()
+    args = parse_args(argv)
+    log = print
+    run_name = args.run_name or f"digitdraw-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    mirror = None if args.checkpoint_mirror.lower() in ("", "none") else args.checkpoint_mirror
+    stores = [] if args.publish.lower() in ("", "none") else [s.strip() for s in args.publish.split(",") if s.strip()]
+    fail_at = os.environ.get("FAIL_AT_EPOCH")
+
+    try:
+        data = load_mnist(args.data, args.data_dir, args.mirrors or None, log=log)
+    except DATA_ERRORS as e:
+        sys.exit(f"error: cannot load training data: {e}")
+    train_x, train_y = data.train_x, data.train_y
+    if args.max_train_samples:
+        train_x, train_y = train_x[:args.max_train_samples], train_y[:args.max_train_samples]
+    log(f"data: {data.source}; training on {len(train_y):,} digits, validating on {len(data.val_y):,}")
+
+    import ray
+    import torch
+
+    from training.model import build_model
+    from training.report import confusion_matrix, write_report
+    from training.train import best_checkpoint, evaluate, load_checkpoint, run_training
+
+    ray_start_s = start_ray(args.num_workers, args.use_gpu, log)
+    config = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+              "checkpoint_mirror": mirror, "fail_at_epoch": int(fail_at) if fail_at else None, "t0": t0}
+    log(f"train: run {run_name} -> {args.storage_path.rstrip('/')}/{run_name}"
+        + (f" (mirror {mirror.rstrip('/')}/{run_name})" if mirror else "")
+        + f"; {args.num_workers} worker(s), {'GPU' if args.use_gpu else 'CPU'}, {args.epochs} epochs")
+    result = run_training(config, {"train_x": train_x, "train_y": train_y, "val_x": data.val_x, "val_y": data.val_y},
+                          num_workers=args.num_workers, use_gpu=args.use_gpu, storage_path=args.storage_path,
+                          run_name=run_name, max_failures=args.max_failures, keep_checkpoints=args.keep_checkpoints)
+    train_s = time.time() - t0
+    if result.error:
+        sys.exit(f"error: training run {run_name} failed: {result.error}")
+
+    # The best checkpoint (by validation accuracy) is what we evaluate, report and export.
+    state = load_checkpoint(best_checkpoint(result))
+    model = build_model(**state["model_config"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    correct, _, preds = evaluate(model, data.val_x, data.val_y, torch.device("cpu"))
+    val_acc = correct / len(data.val_y)
+    metrics = {"val_accuracy": val_acc, "val_correct": correct, "val_count": int(len(data.val_y)),
+               "best_epoch": state["epoch"]}
+    if data.test_x is not None:
+        test_correct, _, _ = evaluate(model, data.test_x, data.test_y, torch.device("cpu"))
+        metrics["test_accuracy"] = test_correct / len(data.test_y)
+    history = state["history"]
+    run_uri = f"{args.storage_path.rstrip('/')}/{run_name}"
+    last = result.metrics or history[-1]
+    summary = {**metrics, "val_acc": val_acc, "run_name": run_name, "epochs": args.epochs,
+               "train_wall_s": train_s, "ray_start_s": ray_start_s,
+               "images_per_s": sum(m["images_per_s"] for m in history) / len(history),
+               "last_epoch": last["epoch"]}
+    report_uri = write_report(run_uri, history, summary, confusion_matrix(data.val_y, preds))
+
+    log(f"summary: run {run_name}: best epoch {state['epoch']}/{args.epochs}, val accuracy {val_acc:.4f} "
+        f"({correct}/{len(data.val_y)})" + (f", test accuracy {metrics['test_accuracy']:.4f}"
+                                          if "test_accuracy" in metrics else "")
+        + f", {summary['images_per_s']:.0f} img/s, wall {train_s:.1f}s (Ray start {ray_start_s:.1f}s); "
+          f"report in {report_uri}")
+    ray.shutdown()
+
+    if not stores:
+        log("publish: skipped (--publish none)")
+        return 0
+    from training.export import check_parity, export_onnx
+    from training.publish import publish
+
+    onnx_bytes = export_onnx(model)
+    batch = torch.from_numpy(data.val_x[:256]).unsqueeze(1).float().div(255)
+    diff = check_parity(model, onnx_bytes, batch)
+    log(f"export: {len(onnx_bytes):,} bytes of ONNX; ONNX Runtime matches torch within {diff:.1e}")
+    meta = {"metrics": metrics, "data_source": data.source, "code_revision": code_revision(), "run_name": run_name,
+            "config": {**{k: v for k, v in vars(args).items()}, "model": state["model_config"],
+                       "recipe": {k: v for k, v in DEFAULT_CONFIG.items() if k not in ("fail_at_epoch",)},
+                       "train_samples": int(len(train_y))}}
+    result = publish(onnx_bytes, json.loads(json.dumps(meta, default=str)), stores, margin=args.promotion_margin,
+                     force=args.force_promote, log=log)
+    for uri, r in result["stores"].items():
+        log(f"publish: {uri}: version {result['version']} {'promoted to LATEST' if r['promoted'] else 'NOT promoted'}"
+            f" ({r['reason']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The training report written into the run directory: metrics.json, learning curves, confusion matrix.
+
+    <run dir>/report/metrics.json          per-epoch metrics, final metrics, confusion matrix
+    <run dir>/report/learning_curves.png   train loss, validation loss and accuracy per epoch
+    <run dir>/report/confusion_matrix.png  validation confusion matrix of the exported model
+
+The run directory may be local, a PVC or gs://; files are written through pyarrow.
+"""
+import io
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on workers, pods or CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def confusion_matrix(labels, preds, classes=10):
+    """[true, predicted] counts."""
+    cm = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)), 1)
+    return cm
+
+
+def plot_learning_curves(history):
+    epochs = [m["epoch"] for m in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [m["train_loss"] for m in history], marker="o", label="train loss (augmented, smoothed)")
+    ax1.plot(epochs, [m["val_loss"] for m in history], marker="o", label="validation loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("cross-entropy")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    ax2.plot(epochs, [100 * m["val_acc"] for m in history], marker="o", color="tab:green")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("validation accuracy (%)")
+    ax2.set_ylim(max(80.0, min(100 * m["val_acc"] for m in history) - 1), 100)
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion(cm, title):
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    ax.imshow(np.log1p(cm), cmap="Blues")
+    for t in range(cm.shape[0]):
+        for p in range(cm.shape[1]):
+            if cm[t, p]:
+                ax.text(p, t, str(cm[t, p]), ha="center", va="center", fontsize=8,
+                        color="white" if t == p else "black")
+    ax.set_xticks(range(10))
+    ax.set_yticks(range(10))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def _png(fig):
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(run_uri, history, summary, confusion):
+    """Write the report under ``<run_uri>/report``; returns the report directory path/URI."""
+    from training.train import filesystem_for
+
+    fs, base = filesystem_for(run_uri)
+    out = f"{base}/report"
+    fs.create_dir(out, recursive=True)
+    files = {
+        "metrics.json": json.dumps({"epochs": history, "summary": summary, "confusion_matrix": confusion.tolist()},
+                                   indent=2).encode(),
+        "learning_curves.png": _png(plot_learning_curves(history)),
+        "confusion_matrix.png": _png(plot_confusion(confusion, f"validation, accuracy {summary['val_acc']:.2%}")),
+    }
+    for name, data in files.items():
+        with fs.open_output_stream(f"{out}/{name}") as f:
+            f.write(data)
+    return f"{run_uri.rstrip('/')}/report"
