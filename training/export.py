@@ -10,6 +10,7 @@ import io
 import logging
 import os
 import sys
+import warnings
 
 import numpy as np
 import onnx
@@ -47,8 +48,10 @@ def _export_dynamo(model):
 
 def _export_torchscript(model):
     buf = io.BytesIO()
-    torch.onnx.export(model, _example(), buf, dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                      dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}})
+    with warnings.catch_warnings():  # it is deprecated; we only get here when the new exporter failed
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, _example(), buf, dynamo=False, input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}})
     return buf.getvalue()
 
 
