@@ -91,7 +91,9 @@ def publish(onnx_bytes, meta, store_uris, margin=0.002, force=False, log=print, 
 
     Returns ``{"version", "sha256", "stores": {uri: {"promoted", "reason", "previous", "conflicts"}}}``
     where ``previous`` is the LATEST version we replaced (promoted) or kept (not promoted)
-    and ``conflicts`` counts swaps lost to other publishers.
+    and ``conflicts`` counts swaps lost to other publishers. ``log`` gets one line per step
+    ("uploaded .../model.onnx", "uploaded .../model.json", "verified", "moving LATEST",
+    "LATEST is now", or "NOT promoting" with the reason).
 
     Every store is tried. If any failed, the first failure is re-raised afterwards with its
     class (StoreUnreachable, StoreError, PointerConflict) and a message naming the store and
