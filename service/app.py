@@ -1,0 +1,214 @@
+"""The Flask application: prediction API, health, metrics, Open Inference Protocol and the frontend.
+
+``create_app(config)`` builds the app; ``config`` overrides the environment (see
+service/config.py). ``python -m service`` serves it with gunicorn.
+"""
+import json
+import logging
+import os
+import re
+import time
+
+import numpy as np
+from flask import Flask, Response, g, request, send_from_directory
+from PIL import Image
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from . import config as config_module
+from . import log as log_module
+from . import oip, openapi, payload, preprocess
+from .errors import ApiError, json_response, not_ready
+from .metrics import UNMATCHED, Metrics
+from .model import ModelHolder, softmax
+
+log = logging.getLogger("service.request")
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/=+-]{1,128}$")
+# The frontend is plain files: no inline script or style, so the strictest policy fits.
+# img-src allows data: for the 28x28 preview the API returns as a data URL.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+       "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
+                415: "unsupported_media_type", 500: "internal_error"}
+
+
+def create_app(config=None):
+    """Build the app. ``config`` (a dict) overrides environment settings; with
+    ``START_LOADER: False`` the model loader is not started (``python -m service`` starts
+    it in each worker after fork)."""
+    cfg = {**config_module.load(), **(config or {})}
+    log_module.setup(cfg["LOG_LEVEL"])
+    Image.MAX_IMAGE_PIXELS = cfg["MAX_IMAGE_PIXELS"]  # Pillow's own bomb check agrees with ours
+
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = cfg["MAX_BODY_BYTES"]
+    app.config["MAX_FORM_MEMORY_SIZE"] = cfg["MAX_BODY_BYTES"]
+    holder = ModelHolder(cfg["MODEL_URI"], cfg["MODEL_POLL_SECONDS"])
+    frontend = os.path.abspath(cfg["FRONTEND_DIR"])
+    cors = set(cfg["CORS_ORIGINS"])
+    max_pixels, max_batch = cfg["MAX_IMAGE_PIXELS"], cfg["MAX_BATCH"]
+    openapi_doc = json.dumps(openapi.document(), indent=1)
+
+    # ---- API -----------------------------------------------------------------------------
+
+    @app.post("/predict")
+    def predict():
+        model = holder.current  # read once: a hot swap never lands inside a request
+        if model is None:
+            raise not_ready(holder)
+        images, want_preview, batch = payload.parse_predict(request, max_batch)
+        inputs = []
+        for i, data in enumerate(images):
+            try:
+                inputs.append(preprocess.preprocess(data, max_pixels))
+            except ApiError as e:
+                if batch:
+                    e.message = f"images[{i}]: {e.message}"
+                raise
+        x = np.stack(inputs)[:, None]
+        started = time.perf_counter()
+        logits = model.logits(x)
+        app.metrics.observe_inference(time.perf_counter() - started, len(inputs))
+        g.model_version = model.version
+        predictions = []
+        for xi, p in zip(inputs, softmax(logits.astype(np.float64))):
+            digit = int(p.argmax())
+            result = {"digit": digit, "confidence": round(float(p[digit]), 6),
+                      "probabilities": [round(float(v), 6) for v in p], "model_version": model.version}
+            if want_preview:
+                result["preview"] = preprocess.preview_data_url(xi)
+            predictions.append(result)
+        if batch:
+            return json_response({"predictions": predictions, "model_version": model.version})
+        return json_response(predictions[0])
+
+    @app.get("/healthz")
+    def healthz():
+        return json_response({"status": "alive"})
+
+    @app.get("/readyz")
+    def readyz():
+        model = holder.current
+        if model is None:
+            raise not_ready(holder)
+        return json_response({"status": "ready", "model_version": model.version})
+
+    @app.get("/model")
+    def model_info():
+        model = holder.current
+        if model is None:
+            raise not_ready(holder)
+        return json_response(model.meta)
+
+    @app.get("/metrics")
+    def metrics():
+        return Response(app.metrics.render(), mimetype="text/plain; version=0.0.4")
+
+    @app.get("/openapi.json")
+    def openapi_json():
+        return Response(openapi_doc, mimetype="application/json")
+
+    oip.register(app, holder, max_batch)
+
+    # ---- the frontend --------------------------------------------------------------------
+
+    @app.get("/")
+    def index():
+        return static_file("index.html")
+
+    @app.get("/<path:filename>")
+    def static_file(filename):
+        # The catch-all GET would also match API paths used with the wrong method
+        # (GET /predict); those are 405s, not missing files.
+        allowed = api_methods.get("/" + filename)
+        if allowed:
+            raise MethodNotAllowed(valid_methods=sorted(allowed))
+        if not os.path.isdir(frontend):
+            raise NotFound(f"the frontend directory {frontend} does not exist; set FRONTEND_DIR")
+        return send_from_directory(frontend, filename)
+
+    api_methods = {rule.rule: rule.methods for rule in app.url_map.iter_rules() if "<" not in rule.rule}
+
+    # ---- every request: id, timing, headers, metrics, one log line -------------------------
+
+    @app.before_request
+    def start_request():
+        g.started = time.perf_counter()
+        rid = request.headers.get("X-Request-Id", "")
+        g.request_id = rid if REQUEST_ID.match(rid) else os.urandom(8).hex()
+
+    @app.after_request
+    def finish_request(response):
+        headers = response.headers
+        headers["X-Request-Id"] = g.request_id
+        headers["Content-Security-Policy"] = CSP
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers["Referrer-Policy"] = "no-referrer"
+        origin = request.headers.get("Origin")
+        if origin and (origin in cors or "*" in cors):
+            headers["Access-Control-Allow-Origin"] = origin
+            headers["Access-Control-Expose-Headers"] = "X-Request-Id"
+            headers.add("Vary", "Origin")
+            if request.method == "OPTIONS":
+                headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+                headers["Access-Control-Allow-Headers"] = "Content-Type, X-Request-Id"
+                headers["Access-Control-Max-Age"] = "600"
+        seconds = time.perf_counter() - g.started
+        route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
+        if request.path in api_methods:  # a wrong-method API call is that route's 405
+            route = request.path
+        app.metrics.observe_request(route, response.status_code, seconds)
+        log.info("request", extra={"fields": {
+            "method": request.method, "path": request.path, "status": response.status_code,
+            "latency_ms": round(seconds * 1000, 3), "model_version": g.get("model_version"),
+            "request_id": g.request_id}})
+        return response
+
+    # ---- errors: always JSON ---------------------------------------------------------------
+
+    @app.errorhandler(ApiError)
+    def api_error(e):
+        return json_response(e.body(), e.status)
+
+    @app.errorhandler(HTTPException)
+    def http_error(e):
+        code = STATUS_CODES.get(e.code) or re.sub(r"\W+", "_", (e.name or "error").lower()).strip("_")
+        message = e.description or e.name
+        if e.code == 413:
+            message = f"the request body is over the limit of {cfg['MAX_BODY_BYTES']} bytes; send a smaller image"
+        elif e.code == 405:
+            message = f"{request.method} is not allowed on {request.path}; use {', '.join(e.valid_methods or [])}"
+        elif e.code == 404 and message == NotFound.description:
+            message = f"nothing at {request.path}; see /openapi.json for the API"
+        response = json_response({"error": {"code": code, "message": message}}, e.code)
+        for name, value in e.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
+
+    @app.errorhandler(Exception)
+    def internal_error(e):
+        logging.getLogger("service").exception(f"unhandled error on {request.method} {request.path}")
+        return json_response({"error": {"code": "internal_error",
+                                        "message": "the server failed on this request; it has been logged"}}, 500)
+
+    routes = sorted({rule.rule for rule in app.url_map.iter_rules()})
+    slots = 2 * cfg["WEB_CONCURRENCY"] + 2  # room for a graceful reload's second set of workers
+    app.metrics = Metrics(routes, slots)
+    app.model_holder = holder
+    app.service_config = cfg
+    holder.on_event = app.metrics.model_event
+    if cfg.get("START_LOADER", True):
+        holder.start()
+    return app
+
+
+def start_worker(app, slot=0):
+    """Per worker process, after fork: take a metrics slot and start loading the model.
+
+    A model on local disk is loaded before the worker takes its first request, so a cold
+    start never answers 503; a remote store loads in the background (healthz answers
+    meanwhile) and retries there if the first attempt fails.
+    """
+    app.metrics.use_slot(slot)
+    app.model_holder.start(first_attempt_inline=app.model_holder.is_local)

@@ -1,0 +1,167 @@
+"""The loaded model, and the background loader that fetches, verifies and hot-swaps it.
+
+A request reads ``holder.current`` once and uses that Model to the end, so a swap
+(one reference assignment) happens between requests, never inside one. A new model is
+only swapped in after its sha256 matches model.json, ONNX Runtime accepts it, its input
+and output have the contract's shapes, and a test inference gives finite logits. Anything
+less is refused and logged, and the old model keeps serving.
+"""
+import logging
+import threading
+import time
+
+import numpy as np
+
+from . import store as model_store
+
+log = logging.getLogger("service.model")
+
+
+class ModelInvalid(Exception):
+    """The model file does not satisfy the model contract."""
+
+
+class Model:
+    """A verified ONNX model: float32 [N,1,28,28] in, [N,10] logits out."""
+
+    def __init__(self, onnx_bytes, meta):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        # One thread per inference: requests already run in parallel across workers and
+        # threads, and extra intra-op threads spin and burn CPU for a model this small.
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise ModelInvalid(f"ONNX Runtime cannot load the model: {e}") from e
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or list(inputs[0].shape[1:]) != [1, 28, 28] or inputs[0].type != "tensor(float)":
+            raise ModelInvalid(f"expected one float input [N,1,28,28], got "
+                               f"{[(i.name, i.type, i.shape) for i in inputs]}")
+        if list(outputs[0].shape[1:]) != [10]:
+            raise ModelInvalid(f"expected output [N,10], got {[(o.name, o.shape) for o in outputs]}")
+        self.input_name, self.output_name = inputs[0].name, outputs[0].name
+        self.meta = meta
+        self.version = str(meta.get("version", "unknown"))
+        logits = self.logits(np.zeros((2, 1, 28, 28), np.float32))  # also warms up the session
+        if logits.shape != (2, 10) or not np.isfinite(logits).all():
+            raise ModelInvalid(f"a test inference gave logits of shape {logits.shape} "
+                               f"(finite: {bool(np.isfinite(logits).all())}); expected finite [2,10]")
+
+    def logits(self, x):
+        """float32 [N,1,28,28] -> float32 [N,10]."""
+        return self.session.run([self.output_name], {self.input_name: x})[0]
+
+
+def softmax(logits):
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+class ModelHolder:
+    """Keeps the newest verified model from a store; ``current`` is None until one loads."""
+
+    def __init__(self, uri, poll_seconds=0):
+        self.uri = uri
+        self.store = model_store.open_store(uri)  # a bad URI fails here, at start-up
+        self.poll_seconds = poll_seconds
+        self.current = None
+        self.on_event = None  # called with ("ok" | "refused", version), e.g. to count for /metrics
+        self._thread = None
+        self._refused = None  # the LATEST token of a version we refused, so we log it once
+
+    @property
+    def is_local(self):
+        return isinstance(self.store, model_store.LocalStore)
+
+    def start(self, first_attempt_inline=False):
+        """Start the background loader (once per process: threads do not survive fork).
+
+        With ``first_attempt_inline`` the first load is tried in the caller's thread;
+        a failure is left to the background loader's retries.
+        """
+        if first_attempt_inline and self.current is None:
+            try:
+                self.check()
+            except Exception:
+                pass  # the loader thread retries and logs
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="model-loader", daemon=True)
+            self._thread.start()
+        return self
+
+    def wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        while self.current is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.current is not None
+
+    def _run(self):
+        delay = 0.5
+        while self.current is None:
+            try:
+                self.check()
+            except Exception as e:  # keep retrying whatever went wrong; say what it was
+                log.warning(f"model not ready: {e}; retrying in {delay:.1f}s",
+                            extra={"fields": {"model_uri": self.uri, "retry_in_s": delay}})
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        while self.poll_seconds > 0:
+            time.sleep(self.poll_seconds)
+            try:
+                self.check()
+            except Exception as e:
+                log.warning(f"cannot check {self.uri} for a new model: {e}; still serving "
+                            f"{self.current.version}", extra={"fields": {"model_uri": self.uri}})
+
+    def _event(self, result, version):
+        if self.on_event is not None:
+            self.on_event(result, version)
+
+    def check(self):
+        """Load LATEST if it names a version other than the current one.
+
+        Raises StoreError when the store is unreachable or has no model yet, or when the
+        first model fails verification. A later model that fails verification is refused
+        and logged, and the current one stays.
+        """
+        store = self.store
+        pointer, token = store.read_latest()
+        if pointer is None:
+            raise model_store.StoreNotFound(
+                f"no model published in {store.uri} yet ({model_store.LATEST} is missing); "
+                f"train and publish one with `python -m training --publish {self.uri}`")
+        version = pointer["version"]
+        if self.current is not None and version == self.current.version:
+            return
+        if self._refused == (version, token):
+            if self.current is None:
+                raise model_store.StoreError(f"model {version} failed verification; "
+                                             f"publish a good model and move LATEST to it")
+            return
+        started = time.monotonic()
+        try:
+            onnx_bytes, meta = model_store.load_verified(store, version)
+            meta = {**meta, "version": meta.get("version", version)}
+            model = Model(onnx_bytes, meta)
+        except (model_store.StoreUnreachable, model_store.StoreNotFound) as e:
+            raise model_store.StoreUnreachable(f"cannot fetch model {version}: {e}") from e
+        except (model_store.StoreError, ModelInvalid) as e:
+            self._refused = (version, token)
+            self._event("refused", version)
+            serving = self.current.version if self.current else "nothing"
+            log.error(f"refused model {version} from {store.uri}: {e}; still serving {serving}",
+                      extra={"fields": {"model_version": version, "model_uri": store.uri}})
+            if self.current is None:
+                raise
+            return
+        previous = self.current
+        self.current = model  # the atomic swap: one reference assignment
+        self._event("ok", model.version)
+        log.info(f"model {model.version} loaded from {store.uri}"
+                 + (f", replacing {previous.version}" if previous else ""),
+                 extra={"fields": {"model_version": model.version, "model_uri": store.uri,
+                                   "load_ms": round(1000 * (time.monotonic() - started), 1)}})

@@ -1,0 +1,124 @@
+"""The Open Inference Protocol v2 (REST), so KServe clients and tools work unchanged.
+
+The model is called ``digitdraw``. /infer takes the model's own input, an FP32 tensor
+[N,1,28,28] (already preprocessed: ink 1.0, background 0.0) as JSON data, flat or
+nested, and returns two outputs: the logits and the probabilities. The binary tensor
+extension is not supported. Errors use the service's JSON error body.
+"""
+import json
+import time
+
+import numpy as np
+from flask import g, request
+
+from .errors import ApiError, json_response, not_ready
+from .model import softmax
+
+NAME = "digitdraw"
+PROBABILITIES = "probabilities"
+
+
+def register(app, holder, max_batch):
+    def model_or_503():
+        model = holder.current
+        if model is None:
+            raise not_ready(holder)
+        return model
+
+    @app.get("/v2")
+    def v2_server():
+        return json_response({"name": NAME, "version": "1", "extensions": []})
+
+    @app.get("/v2/health/live")
+    def v2_live():
+        return json_response({"live": True})
+
+    @app.get("/v2/health/ready")
+    def v2_ready():
+        model_or_503()
+        return json_response({"ready": True})
+
+    @app.get(f"/v2/models/{NAME}/ready")
+    def v2_model_ready():
+        model_or_503()
+        return json_response({"name": NAME, "ready": True})
+
+    @app.get(f"/v2/models/{NAME}")
+    def v2_model():
+        model = model_or_503()
+        return json_response({
+            "name": NAME, "versions": [model.version], "platform": "onnxruntime_onnx",
+            "inputs": [{"name": model.input_name, "datatype": "FP32", "shape": [-1, 1, 28, 28]}],
+            "outputs": [{"name": model.output_name, "datatype": "FP32", "shape": [-1, 10]},
+                        {"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, 10]}]})
+
+    @app.post(f"/v2/models/{NAME}/infer")
+    def v2_infer():
+        model = model_or_503()
+        if request.headers.get("Inference-Header-Content-Length") or request.mimetype != "application/json":
+            raise ApiError(415, "unsupported_media_type",
+                           "send the inference request as application/json; the binary tensor extension "
+                           "is not supported")
+        try:
+            body = json.loads(request.get_data(cache=False))
+        except ValueError as e:
+            raise ApiError(400, "invalid_json", f"the body is not valid JSON ({e})") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_json", "the body must be a JSON object with 'inputs'")
+        x = _input_tensor(body, model.input_name, max_batch)
+        wanted = _requested_outputs(body, [model.output_name, PROBABILITIES])
+        started = time.perf_counter()
+        logits = model.logits(x)
+        app.metrics.observe_inference(time.perf_counter() - started, len(x))
+        g.model_version = model.version
+        values = {model.output_name: logits,
+                  PROBABILITIES: softmax32(logits)}
+        response = {"model_name": NAME, "model_version": model.version,
+                    "outputs": [{"name": name, "datatype": "FP32", "shape": list(values[name].shape),
+                                 "data": values[name].ravel().tolist()} for name in wanted]}
+        if isinstance(body.get("id"), str):
+            response["id"] = body["id"]
+        return json_response(response)
+
+
+def softmax32(logits):
+    return softmax(logits.astype(np.float64)).astype(np.float32)
+
+
+def _input_tensor(body, input_name, max_batch):
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise ApiError(400, "invalid_tensor", f"'inputs' must be a list of one tensor named {input_name!r}")
+    t = inputs[0]
+    if t.get("name") != input_name:
+        raise ApiError(400, "invalid_tensor", f"unknown input {t.get('name')!r}; the model's input is {input_name!r}")
+    if t.get("datatype") != "FP32":
+        raise ApiError(400, "invalid_tensor", f"datatype {t.get('datatype')!r} is not supported; send FP32")
+    shape = t.get("shape")
+    if (not isinstance(shape, list) or len(shape) != 4 or not all(type(d) is int for d in shape)
+            or shape[1:] != [1, 28, 28] or shape[0] < 1):
+        raise ApiError(400, "invalid_tensor", f"shape {shape!r} is not [N,1,28,28] with N >= 1")
+    if shape[0] > max_batch:
+        raise ApiError(413, "too_many_images", f"a batch of {shape[0]}; send at most {max_batch}")
+    try:
+        x = np.asarray(t.get("data"), dtype=np.float32)
+    except (ValueError, TypeError) as e:
+        raise ApiError(400, "invalid_tensor", f"'data' is not an array of numbers ({e})") from None
+    if x.size != shape[0] * 784:
+        raise ApiError(400, "invalid_tensor", f"'data' holds {x.size} numbers; shape {shape} needs {shape[0] * 784}")
+    if not np.isfinite(x).all():
+        raise ApiError(400, "invalid_tensor", "'data' holds NaN or infinite values")
+    return x.reshape(shape)
+
+
+def _requested_outputs(body, names):
+    requested = body.get("outputs")
+    if requested is None:
+        return names
+    if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
+        raise ApiError(400, "invalid_tensor", "'outputs' must be a list of {\"name\": ...} objects")
+    wanted = [o.get("name") for o in requested]
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        raise ApiError(400, "invalid_tensor", f"unknown outputs {unknown}; the model has {names}")
+    return wanted

@@ -1,0 +1,142 @@
+"""Turn an uploaded canvas image into the model's input, by MNIST's own recipe.
+
+1. composite onto white (a transparent canvas and a white one give the same input);
+2. grayscale and invert, so ink is bright;
+3. crop to the ink's bounding box;
+4. scale the longer side to 20 px, keeping the aspect ratio, with anti-aliasing
+   (a thin "1" stays thin);
+5. paste into a 28x28 frame so the centre of mass lands on the centre.
+
+The result is float32 [28, 28], ink 1.0 and background 0.0: the model contract.
+Only PNG and JPEG are accepted. The pixel count is checked from the header, before
+anything is decoded, so a decompression bomb costs nothing.
+"""
+import base64
+import io
+
+import numpy as np
+from PIL import Image, JpegImagePlugin, PngImagePlugin  # noqa: F401  the only decoders we use
+
+from .errors import ApiError
+
+FORMATS = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
+# Recognised so we can answer "unsupported format" (415) rather than "not an image" (400).
+OTHER_FORMATS = {b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP", b"II*\x00": "TIFF",
+                 b"MM\x00*": "TIFF", b"\x00\x00\x01\x00": "ICO", b"qoif": "QOI", b"<svg": "SVG",
+                 b"<?xml": "SVG", b"%PDF": "PDF", b"\xff\x0a": "JPEG XL"}
+
+INK_THRESHOLD = 32   # of 255: fainter pixels (JPEG noise, a stray smudge) do not count as ink
+BOX, FRAME = 20, 28  # MNIST: digit fitted in a 20x20 box, centred in a 28x28 frame
+
+_INVERT = [255 - v for v in range(256)]
+_IS_INK = [255 if v >= INK_THRESHOLD else 0 for v in range(256)]
+
+
+def sniff_format(data):
+    """Return "PNG" or "JPEG"; raise 415 for other image formats and 400 for non-images."""
+    for magic, fmt in FORMATS.items():
+        if data.startswith(magic):
+            return fmt
+    head = data[:16]
+    for magic, fmt in OTHER_FORMATS.items():
+        if head.startswith(magic):
+            raise ApiError(415, "unsupported_image_format",
+                           f"{fmt} images are not supported; send a PNG or JPEG")
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        raise ApiError(415, "unsupported_image_format", "WebP images are not supported; send a PNG or JPEG")
+    if head[4:8] == b"ftyp":
+        raise ApiError(415, "unsupported_image_format",
+                       "HEIC/AVIF images are not supported; send a PNG or JPEG")
+    if not data:
+        raise ApiError(400, "not_an_image", "the image is empty (0 bytes); send a PNG or JPEG")
+    raise ApiError(400, "not_an_image", "the bytes are not a PNG or JPEG image; send a PNG or JPEG")
+
+
+def decode(data, max_pixels):
+    """Decode PNG/JPEG ``data`` into a loaded PIL image (first frame if animated).
+
+    Raises ApiError 400/413/415. The size is checked from the header before decoding.
+    """
+    fmt = sniff_format(data)
+    try:
+        im = Image.open(io.BytesIO(data), formats=[fmt])
+        width, height = im.size
+    except Image.DecompressionBombError:
+        raise ApiError(413, "image_too_large",
+                       f"the image has too many pixels; send at most {max_pixels} pixels") from None
+    except Exception as e:  # Pillow raises many types on malformed headers
+        raise ApiError(400, "not_an_image", f"cannot read the {fmt} header ({e}); send a complete PNG or JPEG") from None
+    if width * height > max_pixels:
+        raise ApiError(413, "image_too_large",
+                       f"the image is {width}x{height} = {width * height} pixels, over the limit of "
+                       f"{max_pixels}; send a smaller image (a canvas of about 280x280 is plenty)")
+    if width == 0 or height == 0:
+        raise ApiError(400, "not_an_image", f"the image is {width}x{height}; send a non-empty image")
+    try:
+        im.load()
+    except Image.DecompressionBombError:
+        raise ApiError(413, "image_too_large",
+                       f"the image has too many pixels; send at most {max_pixels} pixels") from None
+    except Exception as e:
+        raise ApiError(400, "not_an_image",
+                       f"cannot decode the {fmt} image ({e}); send a complete, uncorrupted PNG or JPEG") from None
+    return im
+
+
+def ink_image(im):
+    """Grayscale "L" image of the ink: the drawing composited onto white, then inverted."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        # 16-bit grayscale: Pillow's convert("L") clips rather than scales, so scale here.
+        gray = np.asarray(im, dtype=np.float32) / 257.0
+        gray = Image.fromarray(np.clip(gray, 0, 255).astype(np.uint8), "L")
+        if "transparency" not in im.info:
+            return gray.point(_INVERT)
+        # 16-bit grayscale with a transparent colour key: treat keyed pixels as white.
+        keyed = np.asarray(im) == im.info["transparency"]
+        ink = 255 - np.asarray(gray)
+        ink[keyed] = 0
+        return Image.fromarray(ink, "L")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        gray = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), rgba).convert("L")
+    else:
+        gray = im.convert("L")
+    return gray.point(_INVERT)
+
+
+def to_mnist(im):
+    """The model input for a decoded image: float32 [28, 28], ink 1.0. 422 if there is no ink."""
+    ink = ink_image(im)
+    bbox = ink.point(_IS_INK).getbbox()
+    if bbox is None:
+        raise ApiError(422, "empty_canvas", "the canvas has no ink; draw a digit first")
+    ink = ink.crop(bbox)
+    w, h = ink.size
+    scale = BOX / max(w, h)
+    w, h = max(1, round(w * scale)), max(1, round(h * scale))
+    # LANCZOS anti-aliases when shrinking; reducing_gap first box-reduces by an integer
+    # factor, which is much faster on a big canvas and looks the same.
+    small = np.asarray(ink.resize((w, h), Image.Resampling.LANCZOS, reducing_gap=3.0), dtype=np.float32)
+    total = small.sum()
+    if total == 0:
+        raise ApiError(422, "empty_canvas", "the canvas has no ink; draw a digit first")
+    cy = small.sum(axis=1) @ np.arange(h, dtype=np.float32) / total
+    cx = small.sum(axis=0) @ np.arange(w, dtype=np.float32) / total
+    # Centre of mass onto pixel (14, 14), as in MNIST; clamp so no ink falls off the frame.
+    top = min(max(int(round(FRAME / 2 - cy)), 0), FRAME - h)
+    left = min(max(int(round(FRAME / 2 - cx)), 0), FRAME - w)
+    out = np.zeros((FRAME, FRAME), np.float32)
+    out[top:top + h, left:left + w] = small / 255.0
+    return out
+
+
+def preprocess(data, max_pixels):
+    """Image bytes -> float32 [28, 28] model input. Raises ApiError 400/413/415/422."""
+    return to_mnist(decode(data, max_pixels))
+
+
+def preview_data_url(x):
+    """The 28x28 input as a PNG data URL, as the model saw it: white ink on black."""
+    buf = io.BytesIO()
+    Image.fromarray(np.round(x * 255).astype(np.uint8), "L").save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
