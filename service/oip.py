@@ -101,7 +101,8 @@ def _input_tensor(body, input_name, max_batch):
     if shape[0] > max_batch:
         raise ApiError(413, "too_many_images", f"a batch of {shape[0]}; send at most {max_batch}")
     try:
-        x = np.asarray(t.get("data"), dtype=np.float32)
+        with np.errstate(all="ignore"):  # out-of-range values become inf and are refused below
+            x = np.asarray(t.get("data"), dtype=np.float32)
     except (ValueError, TypeError) as e:
         raise ApiError(400, "invalid_tensor", f"'data' is not an array of numbers ({e})") from None
     if x.size != shape[0] * 784:

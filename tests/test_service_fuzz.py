@@ -1,0 +1,183 @@
+"""Property tests: whatever is thrown at /predict (random or truncated bytes, odd image
+modes, animations, giant dimensions, malformed JSON) gets a JSON answer and never a
+500: a 4xx error, or a prediction when the input really is a drawable image."""
+import io
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageDraw
+
+from service.app import create_app
+from service_helpers import b64, draw_digit, jpeg_bytes, png_bytes
+
+# Pillow warns about big images before our own check answers 413; that is expected here.
+pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+
+MAX_PIXELS = 1000 * 1000
+FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PNG = png_bytes(draw_digit(7))
+JPEG = jpeg_bytes(draw_digit(7))
+
+
+@pytest.fixture(scope="module")
+def client(trained_store):
+    app = create_app({"MODEL_URI": trained_store, "MODEL_POLL_SECONDS": 0, "MAX_IMAGE_PIXELS": MAX_PIXELS,
+                      "LOG_LEVEL": "WARNING"})
+    assert app.model_holder.wait_ready(60)
+    return app.test_client()
+
+
+def check(response, allow_ok=False):
+    """A JSON error with a 4xx status, or (when allowed) a well-formed prediction."""
+    from service.openapi import ERROR_CODES
+
+    assert response.status_code != 500, response.get_data()[:300]
+    assert response.mimetype == "application/json"
+    body = json.loads(response.get_data())
+    if response.status_code == 200 and allow_ok:
+        assert 0 <= body["digit"] <= 9 and len(body["probabilities"]) == 10
+        return body
+    assert 400 <= response.status_code < 500, (response.status_code, body)
+    assert set(body) == {"error"} and body["error"]["code"] in ERROR_CODES and body["error"]["message"]
+    return body
+
+
+def post_raw(client, data, content_type="image/png"):
+    return client.post("/predict", data=data, content_type=content_type)
+
+
+@FUZZ
+@given(data=st.binary(max_size=3000), content_type=st.sampled_from(["image/png", "image/jpeg"]))
+def test_random_bytes(client, data, content_type):
+    check(post_raw(client, data, content_type))
+    check(client.post("/predict", json={"image": b64(data)}))
+    check(client.post("/predict", data={"image": (io.BytesIO(data), "x.png")}))
+
+
+@FUZZ
+@given(base=st.sampled_from([PNG, JPEG]), data=st.data())
+def test_truncated_images(client, base, data):
+    cut = data.draw(st.integers(0, len(base) - 1))
+    check(post_raw(client, base[:cut]), allow_ok=True)
+
+
+@FUZZ
+@given(base=st.sampled_from([PNG, JPEG]), data=st.data())
+def test_corrupted_images(client, base, data):
+    damaged = bytearray(base)
+    for _ in range(data.draw(st.integers(1, 8))):
+        i = data.draw(st.integers(0, len(damaged) - 1))
+        damaged[i] = data.draw(st.integers(0, 255))
+    check(post_raw(client, bytes(damaged)), allow_ok=True)
+
+
+@st.composite
+def odd_images(draw):
+    """Random drawings in every mode Pillow can write as PNG or JPEG, some animated."""
+    fmt, mode = draw(st.sampled_from([("PNG", "1"), ("PNG", "L"), ("PNG", "LA"), ("PNG", "P"), ("PNG", "RGB"),
+                                      ("PNG", "RGBA"), ("PNG", "I;16"), ("PNG", "RGB;16"), ("PNG", "RGBA;16"), ("JPEG", "L"),
+                                      ("JPEG", "RGB"), ("JPEG", "CMYK"), ("PNG", "P-transparent"),
+                                      ("PNG", "animated"), ("GIF", "animated")]))
+    w, h = draw(st.integers(1, 300)), draw(st.integers(1, 300))
+    im = Image.new("RGBA", (w, h), draw(st.sampled_from([(0, 0, 0, 0), (255, 255, 255, 255), (30, 90, 200, 128)])))
+    d = ImageDraw.Draw(im)
+    for _ in range(draw(st.integers(0, 4))):
+        xy = [draw(st.integers(-20, w + 20)) for _ in range(4)]
+        d.line(xy, fill=tuple(draw(st.integers(0, 255)) for _ in range(4)), width=draw(st.integers(1, 30)))
+    buf = io.BytesIO()
+    if mode == "animated":
+        frames = [im, Image.new("RGBA", (w, h), (0, 0, 0, 255))]
+        frames[0].save(buf, fmt, save_all=True, append_images=frames[1:])
+    elif mode == "P-transparent":
+        im.convert("P").save(buf, fmt, transparency=0)
+    elif mode == "I;16":
+        Image.fromarray(np.asarray(im.convert("L"), dtype=np.uint16) * 257).save(buf, fmt)
+    elif mode.endswith(";16"):  # Pillow cannot write 16-bit colour PNGs: write one by hand
+        return fmt, png16(np.asarray(im.convert(mode[:-3]), dtype=np.uint16) * 257)
+    else:
+        im.convert(mode).save(buf, fmt)
+    return fmt, buf.getvalue()
+
+
+@FUZZ
+@given(image=odd_images())
+def test_odd_modes_and_animations(client, image):
+    fmt, data = image
+    r = post_raw(client, data, "image/jpeg" if fmt == "JPEG" else "image/png")
+    body = check(r, allow_ok=fmt != "GIF")
+    if fmt == "GIF":
+        assert body["error"]["code"] == "unsupported_image_format"
+    elif r.status_code != 200:
+        assert body["error"]["code"] == "empty_canvas"  # a valid image either has ink or not
+
+
+def png16(pixels):
+    """A 16-bit RGB or RGBA PNG of ``pixels`` (uint16 [h, w, 3 or 4])."""
+    h, w, channels = pixels.shape
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2 if channels == 3 else 6, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_header(width, height, bit_depth=8, color_type=0):
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def jpeg_header(width, height):
+    """SOI + a baseline SOF0 claiming width x height, and nothing else."""
+    sof = struct.pack(">BHHB", 8, height, width, 1) + bytes([1, 0x11, 0])
+    return b"\xff\xd8" + b"\xff\xc0" + struct.pack(">H", len(sof) + 2) + sof + b"\xff\xd9"
+
+
+@FUZZ
+@given(width=st.integers(1, 2**31 - 1), height=st.integers(1, 2**31 - 1),
+       kind=st.sampled_from([(8, 0), (8, 6), (16, 2), (1, 0), (8, 3)]))
+def test_giant_png_dimensions(client, width, height, kind):
+    body = check(post_raw(client, png_header(width, height, *kind)), allow_ok=True)
+    if width * height > MAX_PIXELS:
+        assert body["error"]["code"] == "image_too_large"
+
+
+@FUZZ
+@given(width=st.integers(1, 65535), height=st.integers(1, 65535))
+def test_giant_jpeg_dimensions(client, width, height):
+    body = check(post_raw(client, jpeg_header(width, height), "image/jpeg"))
+    if width * height > MAX_PIXELS:
+        assert body["error"]["code"] == "image_too_large"
+
+
+@FUZZ
+@given(text=st.text(max_size=300) | st.binary(max_size=300).map(lambda b: b.decode("latin-1")))
+def test_malformed_json(client, text):
+    check(client.post("/predict", data=text.encode("utf-8", "surrogatepass"), content_type="application/json"))
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+                           lambda children: st.lists(children, max_size=4)
+                           | st.dictionaries(st.text(max_size=8), children, max_size=4), max_leaves=12)
+
+
+@FUZZ
+@given(value=JSON_VALUES, key=st.sampled_from(["image", "images", "preview", "x"]))
+def test_wrong_json_shapes(client, value, key):
+    check(client.post("/predict", json={key: value}))
+    check(client.post("/predict", json={"image": b64(PNG), "preview": value}), allow_ok=isinstance(value, bool))
+    check(client.post("/predict", json=value), allow_ok=False)
+
+
+@FUZZ
+@given(value=JSON_VALUES)
+def test_oip_infer_random_json(client, value):
+    check(client.post("/v2/models/digitdraw/infer", json={"inputs": value}))
+    check(client.post("/v2/models/digitdraw/infer", json={"inputs": [{"name": "image", "datatype": "FP32",
+                                                                      "shape": [1, 1, 28, 28], "data": value}]}))
