@@ -40,10 +40,20 @@ let inflight = null;    // {seq, controller} of the request in flight
 let lastSentAt = 0;     // when the last request started (performance.now())
 let liveTimer = 0;      // a throttled live request waiting to start
 let liveWanted = false; // the drawing changed while a live request was in flight
+let drawing = false;    // a stroke is being drawn
 
 function onStroke(phase) {
+  drawing = phase !== 'end';
   if (phase === 'end') predictNow();
   else predictLive();
+  updateBusy();
+}
+
+// aria-busy says the answer is about to change: while a stroke is drawn, a request is in
+// flight or one is waiting for its turn. Tests wait for it to settle, too.
+function updateBusy() {
+  const busy = drawing || inflight !== null || liveTimer !== 0;
+  ui.result.setAttribute('aria-busy', String(busy));
 }
 
 // A throttled prediction while drawing: never more than one in flight.
@@ -60,6 +70,7 @@ function predictLive() {
     liveTimer = setTimeout(() => {
       liveTimer = 0;
       predictLive();
+      updateBusy();
     }, wait);
   }
 }
@@ -78,7 +89,7 @@ function cancelPending() {
   inflight?.controller.abort();
   inflight = null;
   seq += 1;
-  ui.result.setAttribute('aria-busy', 'false');
+  updateBusy();
 }
 
 async function send() {
@@ -87,7 +98,7 @@ async function send() {
   inflight?.controller.abort();
   inflight = { seq: mine, controller };
   lastSentAt = performance.now();
-  ui.result.setAttribute('aria-busy', 'true');
+  updateBusy();
   try {
     const answer = await api.predict(pad.toDataURL(), controller.signal);
     if (mine === seq) await showAnswer(answer, mine);
@@ -96,11 +107,11 @@ async function send() {
   } finally {
     if (inflight?.seq === mine) {
       inflight = null;
-      ui.result.setAttribute('aria-busy', 'false');
       if (liveWanted) {
         liveWanted = false;
         predictLive();
       }
+      updateBusy();
     }
   }
 }
@@ -184,6 +195,7 @@ async function drawPreview(dataUrl, mine) {
 }
 
 function clearAll() {
+  drawing = false;
   cancelPending();
   pad.clear();
   resetAnswer();
@@ -192,6 +204,7 @@ function clearAll() {
 
 function undo() {
   if (!pad.undo()) return;
+  drawing = false;
   if (pad.isEmpty) clearAll();
   else predictNow();
 }
@@ -224,5 +237,5 @@ window.addEventListener('keydown', (e) => {
 });
 
 resetAnswer();
-ui.result.setAttribute('aria-busy', 'false');
+updateBusy();
 loadModelVersion();

@@ -1,0 +1,345 @@
+"""Driving the DigitDraw page in a real Chromium, for tests/test_frontend.py and bench/.
+
+- ``launch_browser``: Debian's Chromium through Playwright (never ``playwright install``).
+- ``Service``: the real prediction service (``python -m service``) as a subprocess on 127.0.0.1.
+- ``draw_mouse`` / ``draw_touch``: replay strokes on the pad; strokes are lists of (x, y)
+  points in a unit box that ``place`` maps into the pad at a given size and position.
+- ``DIGITS``: clearly drawn strokes for each digit, the way people write them.
+- ``skeletonize`` (Zhang-Suen thinning, numpy) and ``trace``: turn an MNIST image into pen
+  strokes, so held-out MNIST digits can be written on the pad stroke by stroke.
+"""
+import math
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FRONTEND_DIR = os.path.join(ROOT, "frontend")
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+# The service's own policy, for pages served by something else (a route in a test).
+CSP = "default-src 'self'"
+
+
+def launch_browser(playwright):
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+# --- the real service --------------------------------------------------------------------
+
+class Service:
+    """``python -m service`` on 127.0.0.1, serving ``model_uri`` and the frontend; ready when /readyz is 200."""
+
+    def __init__(self, model_uri, port=None, log_dir=None, env=None):
+        from conftest import free_port
+
+        self.model_uri = model_uri
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_dir = log_dir or tempfile.mkdtemp(prefix="digitdraw-service-")
+        self.extra_env = env or {}
+        self.proc = None
+        self.log = None
+
+    def start(self, timeout=60, ready_path="/readyz"):
+        """Start the service; return once ``ready_path`` answers 200 (use /healthz for a service without a model)."""
+        from conftest import wait_http
+
+        env = dict(os.environ, PORT=str(self.port), HOST="127.0.0.1", MODEL_URI=self.model_uri,
+                   FRONTEND_DIR=FRONTEND_DIR, MODEL_POLL_SECONDS="0")
+        env.update(self.extra_env)
+        self.log = open(os.path.join(self.log_dir, f"service-{self.port}.log"), "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            wait_http(f"{self.url}{ready_path}", timeout=timeout, proc=self.proc)
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"the service did not become ready; its log:\n{self.read_log()[-4000:]}")
+        return self
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+    def read_log(self):
+        with open(os.path.join(self.log_dir, f"service-{self.port}.log"), "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+# --- reading the page --------------------------------------------------------------------
+
+def wait_for_answer(page, timeout=15000):
+    """Wait until no request is in flight and the page shows an answer or an error; return the digit text."""
+    page.wait_for_function(
+        """() => {
+            const busy = document.querySelector('.result').getAttribute('aria-busy') === 'true';
+            const digit = document.querySelector('[data-testid=prediction]').textContent;
+            const error = document.querySelector('[data-testid=error]').textContent;
+            return !busy && (digit !== '' || error !== '');
+        }""", timeout=timeout)
+    return page.get_by_test_id("prediction").text_content()
+
+
+def probabilities(page):
+    """The bars as {digit: p}, read from their data-digit and data-p attributes."""
+    pairs = page.eval_on_selector_all(
+        "[data-testid=probabilities] > *", "els => els.map(e => [Number(e.dataset.digit), Number(e.dataset.p)])")
+    return {int(d): p for d, p in pairs}
+
+
+def ink_fraction(page, testid):
+    """Fraction of a canvas's pixels that are not the background (white or transparent black)."""
+    return page.evaluate(
+        """(testid) => {
+            const c = document.querySelector(`[data-testid=${testid}]`);
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let ink = 0;
+            for (let i = 0; i < d.length; i += 4) {
+                const white = d[i] > 250 && d[i + 1] > 250 && d[i + 2] > 250;
+                const blank = d[i + 3] === 0 || (d[i] < 5 && d[i + 1] < 5 && d[i + 2] < 5);
+                if (!white && !blank) ink++;
+            }
+            return ink / (c.width * c.height);
+        }""", testid)
+
+
+def pad_ink_fraction(page):
+    """Fraction of the pad's pixels with ink (anything darker than the white paper)."""
+    return page.evaluate(
+        """() => {
+            const c = document.querySelector('[data-testid=pad]');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let ink = 0;
+            for (let i = 0; i < d.length; i += 4) if (d[i] < 128) ink++;
+            return ink / (c.width * c.height);
+        }""")
+
+
+# --- writing on the pad ------------------------------------------------------------------
+
+def place(strokes, size=0.7, center=(0.5, 0.5)):
+    """Map strokes from their own bounding box into pad fractions: the longer side becomes
+    ``size`` of the pad, centred at ``center``, keeping the aspect ratio."""
+    pts = np.concatenate([np.asarray(s, dtype=float) for s in strokes])
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    span = max(float((hi - lo).max()), 1e-6)
+    mid = (lo + hi) / 2
+    return [[(center[0] + (x - mid[0]) / span * size, center[1] + (y - mid[1]) / span * size)
+             for x, y in s] for s in strokes]
+
+
+def _to_page(box, x, y):
+    return box["x"] + x * box["width"], box["y"] + y * box["height"]
+
+
+def draw_mouse(page, strokes):
+    """Draw strokes (lists of (x, y) in pad fractions) with mouse events on the pad."""
+    box = page.get_by_test_id("pad").bounding_box()
+    for stroke in strokes:
+        page.mouse.move(*_to_page(box, *stroke[0]))
+        page.mouse.down()
+        for x, y in stroke[1:]:
+            page.mouse.move(*_to_page(box, x, y))
+        page.mouse.up()
+
+
+def draw_touch(page, cdp, strokes):
+    """Draw strokes with touch events (CDP Input.dispatchTouchEvent: page.touchscreen only taps)."""
+    box = page.get_by_test_id("pad").bounding_box()
+    for stroke in strokes:
+        x, y = _to_page(box, *stroke[0])
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x, "y": y}]})
+        for sx, sy in stroke[1:]:
+            x, y = _to_page(box, sx, sy)
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
+        # Come to rest before lifting, as a finger does: lifted mid-swipe, Chromium starts a
+        # fling, and a tap made while a fling runs only stops it (no click).
+        page.wait_for_timeout(50)
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+
+
+def catmull_rom(points, per_segment=6):
+    """A smooth curve through ``points`` (centripetal-free, uniform Catmull-Rom), as a denser polyline."""
+    p = np.asarray(points, dtype=float)
+    p = np.vstack([p[0], p, p[-1]])
+    out = []
+    for i in range(1, len(p) - 2):
+        p0, p1, p2, p3 = p[i - 1], p[i], p[i + 1], p[i + 2]
+        for t in np.linspace(0, 1, per_segment, endpoint=False):
+            t2, t3 = t * t, t * t * t
+            out.append(0.5 * (2 * p1 + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t2
+                              + (-p0 + 3 * p1 - 3 * p2 + p3) * t3))
+    out.append(p[-2])
+    return [tuple(q) for q in out]
+
+
+def densify(points, step=0.03):
+    """Straight segments between ``points``, sampled every ``step`` (as a mouse would report them)."""
+    out = [tuple(points[0])]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        n = max(1, int(math.hypot(x1 - x0, y1 - y0) / step))
+        out += [(x0 + (x1 - x0) * k / n, y0 + (y1 - y0) * k / n) for k in range(1, n + 1)]
+    return out
+
+
+def _ellipse(cx, cy, rx, ry, start=-0.5 * math.pi, turns=1.0, n=40):
+    # Anticlockwise on screen from the top, as most people write a 0.
+    return [(cx + rx * math.cos(start - 2 * math.pi * turns * k / n),
+             cy + ry * math.sin(start - 2 * math.pi * turns * k / n)) for k in range(n + 1)]
+
+
+# Each digit as strokes in a unit box, in the order and direction people usually write them.
+DIGITS = {
+    0: [_ellipse(0.5, 0.5, 0.3, 0.46, turns=1.03)],
+    1: [densify([(0.56, 0.02), (0.44, 0.98)])],
+    2: [catmull_rom([(0.2, 0.27), (0.33, 0.08), (0.55, 0.03), (0.74, 0.13), (0.76, 0.33),
+                     (0.6, 0.56), (0.38, 0.76), (0.17, 0.96)])
+        + densify([(0.17, 0.96), (0.85, 0.94)])[1:]],
+    3: [catmull_rom([(0.2, 0.14), (0.42, 0.03), (0.66, 0.07), (0.74, 0.24), (0.62, 0.4),
+                     (0.4, 0.48), (0.64, 0.55), (0.78, 0.72), (0.7, 0.9), (0.46, 0.97), (0.2, 0.88)])],
+    4: [densify([(0.28, 0.02), (0.16, 0.6), (0.86, 0.6)]), densify([(0.66, 0.05), (0.64, 0.98)])],
+    5: [densify([(0.3, 0.05), (0.26, 0.46)]) + catmull_rom([(0.26, 0.46), (0.5, 0.38), (0.72, 0.48), (0.78, 0.7),
+                                                            (0.66, 0.9), (0.44, 0.97), (0.2, 0.88)])[1:],
+        densify([(0.3, 0.05), (0.78, 0.04)])],
+    6: [catmull_rom([(0.7, 0.03), (0.46, 0.2), (0.28, 0.45), (0.22, 0.7), (0.32, 0.92), (0.52, 0.97),
+                     (0.72, 0.86), (0.76, 0.67), (0.62, 0.53), (0.42, 0.53), (0.25, 0.66)])],
+    7: [densify([(0.14, 0.06), (0.86, 0.06), (0.42, 0.98)])],
+    8: [catmull_rom([(0.7, 0.14), (0.5, 0.03), (0.3, 0.12), (0.32, 0.32), (0.5, 0.46), (0.72, 0.62),
+                     (0.74, 0.84), (0.5, 0.97), (0.26, 0.84), (0.28, 0.62), (0.5, 0.46), (0.68, 0.32),
+                     (0.7, 0.14)])],
+    9: [catmull_rom([(0.72, 0.22), (0.56, 0.05), (0.33, 0.08), (0.24, 0.28), (0.38, 0.46), (0.6, 0.42),
+                     (0.72, 0.22)]) + densify([(0.72, 0.22), (0.7, 0.55), (0.64, 0.98)])[1:]],
+}
+
+
+# --- MNIST images into pen strokes -------------------------------------------------------
+
+def skeletonize(ink):
+    """Zhang-Suen thinning of a boolean image (True = ink) to a one-pixel-wide skeleton.
+
+    T. Y. Zhang and C. Y. Suen, "A fast parallel algorithm for thinning digital patterns",
+    CACM 27(3), 1984. Each pass removes, in two sub-steps, the boundary pixels whose removal
+    keeps the shape connected and does not shorten its ends.
+    """
+    img = np.pad(np.asarray(ink, dtype=bool), 1).astype(np.uint8)
+    while True:
+        changed = False
+        for step in (0, 1):
+            # Neighbours P2..P9, clockwise from north.
+            p = [np.roll(np.roll(img, dy, 0), dx, 1)
+                 for dy, dx in ((1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1))]
+            b = sum(p)
+            a = sum(((p[i] == 0) & (p[(i + 1) % 8] == 1)).astype(np.uint8) for i in range(8))
+            p2, p4, p6, p8 = p[0], p[2], p[4], p[6]
+            if step == 0:
+                cond = (p2 * p4 * p6 == 0) & (p4 * p6 * p8 == 0)
+            else:
+                cond = (p2 * p4 * p8 == 0) & (p2 * p6 * p8 == 0)
+            remove = (img == 1) & (b >= 2) & (b <= 6) & (a == 1) & cond
+            if remove.any():
+                img[remove] = 0
+                changed = True
+        if not changed:
+            return img[1:-1, 1:-1].astype(bool)
+
+
+_NEIGHBOURS = [(-1, 0), (0, 1), (1, 0), (0, -1), (-1, 1), (1, 1), (1, -1), (-1, -1)]
+
+
+def trace(skeleton):
+    """Walk a skeleton into polylines of (row, col) pixels, the way a pen would cover it.
+
+    Each walk starts at an end (a pixel with one neighbour) when there is one, else anywhere
+    (a closed loop, as in a 0), and keeps going in the direction it was heading. A walk that
+    ends next to pixels already drawn is joined to them, so loops close and branches touch.
+    """
+    remaining = {tuple(p) for p in np.argwhere(skeleton)}
+    all_pixels = set(remaining)
+
+    def neighbours(p, pool):
+        return [(p[0] + dy, p[1] + dx) for dy, dx in _NEIGHBOURS if (p[0] + dy, p[1] + dx) in pool]
+
+    paths = []
+    while remaining:
+        start = min(remaining, key=lambda p: (len(neighbours(p, remaining)) != 1, p))
+        path = [start]
+        remaining.discard(start)
+        while True:
+            options = neighbours(path[-1], remaining)
+            if not options:
+                break
+            if len(path) >= 2:
+                # Keep heading the same way: smallest turn from the last step.
+                hy, hx = path[-1][0] - path[-2][0], path[-1][1] - path[-2][1]
+                options.sort(key=lambda q: -((q[0] - path[-1][0]) * hy + (q[1] - path[-1][1]) * hx)
+                             / math.hypot(q[0] - path[-1][0], q[1] - path[-1][1]))
+            path.append(options[0])
+            remaining.discard(options[0])
+        # Join each end to a drawn pixel it touches (closing loops, meeting junctions).
+        drawn = all_pixels - remaining
+        for at_end in (True, False):
+            end, near = (path[-1], path[-3:]) if at_end else (path[0], path[:3])
+            touching = [q for q in neighbours(end, drawn) if q not in near]
+            if touching:
+                if at_end:
+                    path.append(touching[0])
+                else:
+                    path.insert(0, touching[0])
+        paths.append(path)
+    return paths
+
+
+def smooth(path, window=5):
+    """A moving average along a pixel path (ends kept), so a staircase of pixels becomes a pen line."""
+    pts = np.asarray(path, dtype=float)
+    if len(pts) < 3:
+        return pts
+    k = min(window, len(pts) if len(pts) % 2 else len(pts) - 1)
+    padded = np.vstack([np.repeat(pts[:1], k // 2, axis=0), pts, np.repeat(pts[-1:], k // 2, axis=0)])
+    kernel = np.ones(k) / k
+    out = np.stack([np.convolve(padded[:, i], kernel, mode="valid") for i in range(2)], axis=1)
+    out[0], out[-1] = pts[0], pts[-1]
+    return out
+
+
+def mnist_to_strokes(image, upscale=4, threshold=0.5, step=3):
+    """Pen strokes for a 28x28 MNIST image (uint8, ink high): upscale, threshold, thin, trace,
+    smooth, and keep every ``step``-th point. Returns [[(x, y), ...], ...] in pixels of the
+    upscaled image, strokes longest first; [] for an image without ink."""
+    from PIL import Image
+
+    big = Image.fromarray(np.asarray(image, dtype=np.uint8)).resize((28 * upscale,) * 2, Image.BILINEAR)
+    ink = np.asarray(big, dtype=float) / 255 >= threshold
+    strokes = []
+    for path in trace(skeletonize(ink)):
+        pts = smooth(path)
+        keep = list(range(0, len(pts), step))
+        if keep[-1] != len(pts) - 1:
+            keep.append(len(pts) - 1)
+        strokes.append([(float(p[1]), float(p[0])) for p in pts[keep]])  # (row, col) -> (x, y)
+    # Drop specks left by thinning when there is a real stroke to draw.
+    long_enough = [s for s in strokes if len(s) > 2]
+    strokes = long_enough or strokes
+    return sorted(strokes, key=len, reverse=True)

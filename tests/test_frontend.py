@@ -1,0 +1,383 @@
+"""The frontend in a real Chromium against the real service and a model trained in this run.
+
+Drawing with the mouse and with touch (CDP touch events), clear/undo/keyboard, live
+prediction, stale answers, a server that is down or not ready, a phone-sized screen, the
+service's Content-Security-Policy, and a small handwriting evaluation (held-out MNIST
+digits written on the pad stroke by stroke; the full one is bench/handwriting_eval.py).
+"""
+import json
+import os
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from conftest import ROOT, free_port
+from frontend_helpers import (DIGITS, Service, draw_mouse, draw_touch, ink_fraction, launch_browser,
+                              pad_ink_fraction, place, probabilities, wait_for_answer)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def service(trained_store, tmp_path_factory):
+    with Service(trained_store, log_dir=str(tmp_path_factory.mktemp("frontend-service"))) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        browser = launch_browser(p)
+        yield browser
+        browser.close()
+
+
+class Console:
+    """Console messages and page errors, and CSP violations reported by the page."""
+
+    def __init__(self, page):
+        self.messages = []
+        page.on("console", lambda m: self.messages.append(f"{m.type}: {m.text}"))
+        page.on("pageerror", lambda e: self.messages.append(f"pageerror: {e}"))
+        page.add_init_script("""
+            window.__cspViolations = [];
+            document.addEventListener('securitypolicyviolation',
+                (e) => window.__cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`));
+        """)
+
+    def errors(self):
+        return [m for m in self.messages if m.startswith(("error", "pageerror"))]
+
+
+def open_page(browser, url, **context_args):
+    context = browser.new_context(**{"viewport": {"width": 1100, "height": 800}, **context_args})
+    page = context.new_page()
+    page.console = Console(page)
+    page.goto(url)
+    # The module has run once the bars are reset and the version is asked for.
+    expect(page.get_by_test_id("model-version")).not_to_have_text("loading…")
+    return page
+
+
+@pytest.fixture
+def page(browser, service):
+    page = open_page(browser, service.url)
+    yield page
+    page.context.close()
+
+
+def model_version(service):
+    with urllib.request.urlopen(f"{service.url}/model", timeout=10) as r:
+        return json.load(r)["version"]
+
+
+def write(page, digit, size=0.7, center=(0.5, 0.5)):
+    """Clear the pad, write ``digit`` with the mouse, press Predict and return what the page reads."""
+    page.keyboard.press("Escape")
+    expect(page.get_by_test_id("prediction")).to_have_text("")
+    draw_mouse(page, place(DIGITS[digit], size, center))
+    page.get_by_test_id("predict").click()
+    return wait_for_answer(page)
+
+
+# --- drawing and reading -----------------------------------------------------------------
+
+def test_a_drawn_digit_shows_its_prediction_bars_preview_and_model_version(page, service):
+    assert write(page, 7) == "7"
+
+    probs = probabilities(page)
+    assert sorted(probs) == list(range(10))
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-3)
+    assert max(probs, key=probs.get) == 7
+    confidence = page.get_by_test_id("confidence")
+    assert float(confidence.get_attribute("data-value")) == pytest.approx(probs[7], abs=1e-6)
+    expect(confidence).to_have_text(f"{100 * probs[7]:.1f}%")
+    # The preview is the 28x28 image the model saw, drawn from the server's PNG.
+    assert ink_fraction(page, "preview") > 0.05
+    expect(page.get_by_test_id("model-version")).to_have_text(model_version(service))
+    expect(page.get_by_test_id("error")).to_have_text("")
+    # The answer is announced to screen readers.
+    assert page.locator("[aria-live] [data-testid=prediction]").count() == 1
+    assert page.console.errors() == []
+
+
+def test_clearly_drawn_digits_are_read_correctly(page):
+    read = {digit: write(page, digit) for digit in range(10)}
+    assert read == {digit: str(digit) for digit in range(10)}
+
+
+@pytest.mark.parametrize("size, center", [(0.35, (0.3, 0.3)), (0.95, (0.5, 0.5))])
+def test_small_off_centre_and_large_digits_are_read(page, size, center):
+    assert write(page, 3, size, center) == "3"
+    assert write(page, 4, size, center) == "4"
+
+
+def test_prediction_is_live_while_drawing(page, service):
+    """An answer arrives before the pen is lifted; requests are throttled, not one per move."""
+    with urllib.request.urlopen(f"{service.url}/config.json", timeout=10) as r:
+        throttle = json.load(r)["throttleMs"] / 1000
+    requests = []
+    page.on("request", lambda r: requests.append(r.url) if r.url.endswith("/predict") else None)
+    box = page.get_by_test_id("pad").bounding_box()
+    stroke = place(DIGITS[1])[0]
+    page.mouse.move(box["x"] + stroke[0][0] * box["width"], box["y"] + stroke[0][1] * box["height"])
+    page.mouse.down()
+    started = time.monotonic()
+    moves = 80
+    for x, y in np.linspace(stroke[0], stroke[-1], moves):
+        page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"])
+    expect(page.get_by_test_id("prediction")).not_to_have_text("")
+    during, elapsed = len(requests), time.monotonic() - started
+    page.mouse.up()
+    assert 1 <= during <= elapsed / throttle + 1 and during < moves
+    assert wait_for_answer(page) == "1"
+    assert len(requests) > during  # pen up asks at once
+
+
+def test_tap_leaves_a_dot(page):
+    box = page.get_by_test_id("pad").bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    dot = pad_ink_fraction(page)
+    # A round dot as wide as the pen (7.5% of the side): pi/4 * 0.075^2 = 0.44% of the pad.
+    assert 0.002 < dot < 0.008
+
+
+def test_canvas_is_sharp_on_high_dpi_screens(browser, service):
+    page = open_page(browser, service.url, device_scale_factor=2)
+    try:
+        size = page.evaluate("(() => { const c = document.querySelector('[data-testid=pad]');"
+                             " return [c.width, c.height, c.clientWidth]; })()")
+        assert size[0] == size[1] == 2 * size[2]
+    finally:
+        page.context.close()
+
+
+# --- clear, undo, keyboard ---------------------------------------------------------------
+
+def test_undo_removes_the_last_stroke_and_clear_empties(page):
+    four = place(DIGITS[4])
+    draw_mouse(page, four[:1])
+    one_stroke = pad_ink_fraction(page)
+    draw_mouse(page, four[1:])
+    assert wait_for_answer(page) == "4"
+    assert pad_ink_fraction(page) > one_stroke * 1.3
+
+    page.get_by_test_id("undo").click()
+    assert pad_ink_fraction(page) == pytest.approx(one_stroke, rel=0.02)
+    wait_for_answer(page)  # the remaining stroke is read again
+
+    page.get_by_test_id("undo").click()
+    assert pad_ink_fraction(page) == 0
+    expect(page.get_by_test_id("prediction")).to_have_text("")
+
+    draw_mouse(page, place(DIGITS[7]))
+    assert wait_for_answer(page) == "7"
+    page.get_by_test_id("clear").click()
+    assert pad_ink_fraction(page) == 0
+    expect(page.get_by_test_id("prediction")).to_have_text("")
+    expect(page.get_by_test_id("confidence")).to_have_text("")
+    assert set(probabilities(page).values()) == {0}
+    assert ink_fraction(page, "preview") == 0
+
+
+def test_keyboard_shortcuts_and_buttons_work_from_the_keyboard(page):
+    four = place(DIGITS[4])
+    draw_mouse(page, four)
+    assert wait_for_answer(page) == "4"
+    both = pad_ink_fraction(page)
+
+    page.keyboard.press("Control+z")
+    assert 0 < pad_ink_fraction(page) < both
+    page.keyboard.press("Meta+z")
+    assert pad_ink_fraction(page) == 0
+
+    draw_mouse(page, place(DIGITS[7]))
+    assert wait_for_answer(page) == "7"
+    page.keyboard.press("Escape")
+    assert pad_ink_fraction(page) == 0
+    expect(page.get_by_test_id("prediction")).to_have_text("")
+
+    # Every button has a name, and Tab reaches them in order; Enter presses them.
+    for name in ("Predict", "Undo", "Clear"):
+        expect(page.get_by_role("button", name=name)).to_be_visible()
+    draw_mouse(page, place(DIGITS[1]))
+    wait_for_answer(page)
+    page.keyboard.press("Escape")
+    draw_mouse(page, place(DIGITS[7]))
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("Tab")
+    expect(page.get_by_test_id("predict")).to_be_focused()
+    page.keyboard.press("Enter")
+    assert wait_for_answer(page) == "7"
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    expect(page.get_by_test_id("clear")).to_be_focused()
+    page.keyboard.press("Enter")
+    assert pad_ink_fraction(page) == 0
+
+
+def test_predict_on_an_empty_pad_says_so(page):
+    page.get_by_test_id("predict").click()
+    wait_for_answer(page)
+    expect(page.get_by_test_id("error")).to_contain_text("empty")
+    expect(page.get_by_test_id("prediction")).to_have_text("")
+    # Drawing afterwards works and the message goes away.
+    draw_mouse(page, place(DIGITS[7]))
+    assert wait_for_answer(page) == "7"
+    expect(page.get_by_test_id("error")).to_have_text("")
+
+
+# --- out-of-date answers and failures ----------------------------------------------------
+
+def test_a_late_answer_never_overwrites_a_newer_one(page):
+    """Hold back every request made while a 1 is drawn; write a 7; then let the 1's requests
+    through to the server. Their answers are late and must not replace the 7."""
+    held = []
+    holding = True
+
+    def handle(route):
+        if holding:
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route("**/predict", handle)
+    draw_mouse(page, place(DIGITS[1]))
+    page.get_by_test_id("predict").click()
+    assert held, "the 1 was never sent"
+    holding = False
+    page.keyboard.press("Escape")
+    draw_mouse(page, place(DIGITS[7]))
+    assert wait_for_answer(page) == "7"
+
+    for route in held:
+        try:
+            route.continue_()
+        except Exception:  # the page already cancelled it: that is allowed too
+            pass
+    page.wait_for_timeout(500)
+    expect(page.get_by_test_id("prediction")).to_have_text("7")
+    expect(page.get_by_test_id("error")).to_have_text("")
+
+
+def test_a_503_model_not_ready_is_explained_and_the_page_recovers(page):
+    # A real not-ready service is tested below; this one checks the page as the first answer
+    # from a Knative revision that has not loaded its model yet.
+    def not_ready(route):
+        route.fulfill(status=503, content_type="application/json",
+                      body=json.dumps({"error": {"code": "model_not_ready",
+                                                 "message": "no model loaded yet; retry shortly"}}))
+
+    page.route("**/predict", not_ready)
+    draw_mouse(page, place(DIGITS[7]))
+    wait_for_answer(page)
+    expect(page.get_by_test_id("error")).to_contain_text("still loading")
+    expect(page.get_by_test_id("prediction")).to_have_text("")
+
+    page.unroute("**/predict")
+    page.get_by_test_id("predict").click()
+    assert wait_for_answer(page) == "7"
+    expect(page.get_by_test_id("error")).to_have_text("")
+    assert page.console.errors() == [] or all("503" in m for m in page.console.errors())
+
+
+def test_a_real_service_without_a_model_says_not_ready(browser, tmp_path):
+    empty_store = tmp_path / "empty-store"
+    empty_store.mkdir()
+    svc = Service(str(empty_store), log_dir=str(tmp_path), env={"MODEL_POLL_SECONDS": "1"})
+    try:
+        svc.start(ready_path="/healthz")
+        page = open_page(browser, svc.url)
+        draw_mouse(page, place(DIGITS[7]))
+        wait_for_answer(page)
+        expect(page.get_by_test_id("error")).to_contain_text("still loading")
+        expect(page.get_by_test_id("prediction")).to_have_text("")
+        page.context.close()
+    finally:
+        svc.stop()
+
+
+def test_an_unreachable_server_is_explained_and_the_page_recovers(browser, trained_store, tmp_path):
+    svc = Service(trained_store, log_dir=str(tmp_path)).start()
+    try:
+        page = open_page(browser, svc.url)
+        assert write(page, 7) == "7"
+
+        svc.stop()
+        assert write(page, 1) == ""
+        expect(page.get_by_test_id("error")).to_contain_text("Cannot reach the server")
+        assert set(probabilities(page).values()) == {0}
+
+        svc.start()  # the same port
+        page.get_by_test_id("predict").click()
+        assert wait_for_answer(page) == "1"
+        expect(page.get_by_test_id("error")).to_have_text("")
+        page.context.close()
+    finally:
+        svc.stop()
+
+
+# --- phone, touch, CSP -------------------------------------------------------------------
+
+PHONE = {"viewport": {"width": 360, "height": 740}, "device_scale_factor": 3,
+         "is_mobile": True, "has_touch": True}
+
+
+def test_phone_touch_drawing_works_without_scrolling_the_page(browser, service):
+    page = open_page(browser, service.url, **PHONE)
+    try:
+        pad = page.get_by_test_id("pad").bounding_box()
+        assert pad["width"] == pytest.approx(pad["height"], abs=1)
+        assert 300 < pad["width"] <= 360
+        assert page.evaluate("document.scrollingElement.scrollWidth") <= 360
+        assert page.evaluate("document.scrollingElement.scrollHeight") > 740  # there is room to scroll
+
+        cdp = page.context.new_cdp_session(page)
+        for digit in (7, 1, 4):
+            page.get_by_test_id("clear").tap()
+            draw_touch(page, cdp, place(DIGITS[digit]))
+            assert wait_for_answer(page) == str(digit)
+            assert page.evaluate("window.scrollY") == 0
+        # A tap is a dot.
+        page.get_by_test_id("clear").tap()
+        page.touchscreen.tap(pad["x"] + pad["width"] / 2, pad["y"] + pad["height"] / 2)
+        assert pad_ink_fraction(page) > 0.002
+        assert page.console.errors() == []
+    finally:
+        page.context.close()
+
+
+def test_narrowest_phone_keeps_the_pad_square_and_usable(browser, service):
+    page = open_page(browser, service.url, viewport={"width": 320, "height": 568}, has_touch=True,
+                     is_mobile=True, device_scale_factor=2)
+    try:
+        pad = page.get_by_test_id("pad").bounding_box()
+        assert pad["width"] == pytest.approx(pad["height"], abs=1) and pad["width"] > 280
+        assert page.evaluate("document.scrollingElement.scrollWidth") <= 320
+        for testid in ("predict", "undo", "clear"):
+            button = page.get_by_test_id(testid).bounding_box()
+            assert button["x"] >= 0 and button["x"] + button["width"] <= 320 and button["height"] >= 40
+        cdp = page.context.new_cdp_session(page)
+        draw_touch(page, cdp, place(DIGITS[7]))
+        assert wait_for_answer(page) == "7"
+    finally:
+        page.context.close()
+
+
+def test_page_works_under_the_services_content_security_policy(browser, service):
+    with urllib.request.urlopen(f"{service.url}/", timeout=10) as r:
+        policy = r.headers.get("Content-Security-Policy", "")
+    assert "default-src 'self'" in policy, f"the service sends no strict CSP: {policy!r}"
+    page = open_page(browser, service.url)
+    try:
+        assert write(page, 7) == "7"
+        assert ink_fraction(page, "preview") > 0.05  # a data: URL in an <img> would be blocked
+        assert page.evaluate("window.__cspViolations") == []
+        assert not [m for m in page.console.messages if "Content Security Policy" in m]
+        assert page.console.errors() == []
+    finally:
+        page.context.close()
