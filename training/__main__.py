@@ -15,6 +15,8 @@ import time
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Worker prints reach the driver once (Ray Train's print patch would log them twice).
+os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
 from training.data import DATA_DIR_HELP, DATA_ERRORS, MIRRORS_HELP, SOURCE_HELP, load_mnist  # noqa: E402
 from training.train import DEFAULT_CONFIG  # noqa: E402
@@ -92,6 +94,14 @@ def code_revision():
     return os.environ.get("CODE_REVISION", "unknown")
 
 
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_ray(num_workers, use_gpu, log):
     """Connect to RAY_ADDRESS if set (inside a RayJob), else start Ray embedded on loopback."""
     import ray
@@ -103,8 +113,10 @@ def start_ray(num_workers, use_gpu, log):
     else:
         # One CPU per worker plus one for the Train controller; never fewer than the machine has.
         cpus = max(os.cpu_count() or 1, num_workers + 1)
-        ray.init(num_cpus=cpus, num_gpus=num_workers if use_gpu else None, include_dashboard=False,
-                 _node_ip_address="127.0.0.1")
+        # The dashboard serves the state API that Ray Train's cleanup actor polls; on a
+        # free port so parallel runs (tests) do not collide. Not fatal if it fails.
+        ray.init(num_cpus=cpus, num_gpus=num_workers if use_gpu else None, dashboard_host="127.0.0.1",
+                 dashboard_port=_free_port(), _node_ip_address="127.0.0.1")
         where = "embedded on 127.0.0.1"
     seconds = time.time() - t
     log(f"ray: {where}, started in {seconds:.1f}s, resources {ray.cluster_resources()}")

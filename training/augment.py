@@ -25,7 +25,7 @@ def _uniform(n, lo, hi, device):
     return torch.empty(n, device=device).uniform_(lo, hi)
 
 
-def stroke_thickness(x, lo=-0.6, hi=1.0, p=0.6):
+def stroke_thickness(x, lo=-0.5, hi=0.8, p=0.5):
     """Thin (t<0, erosion) or thicken (t>0, dilation) strokes by a random t in [lo, hi] for a fraction p."""
     n = x.shape[0]
     t = _uniform(n, lo, hi, x.device) * (torch.rand(n, device=x.device) < p)
@@ -35,8 +35,8 @@ def stroke_thickness(x, lo=-0.6, hi=1.0, p=0.6):
     return x + t.clamp(min=0) * (thick - x) + (-t).clamp(min=0) * (thin - x)
 
 
-def random_grid(n, size, device, rotate=15.0, scale=(0.85, 1.15), aspect=0.1, shear=0.25,
-                translate=0.15, elastic=0.04):
+def random_grid(n, size, device, rotate=12.0, scale=(0.9, 1.1), aspect=0.08, shear=0.15,
+                translate=0.12, elastic=0.03):
     """Sampling grid [n, size, size, 2] for a random affine + elastic warp (normalized coordinates)."""
     angle = _uniform(n, -rotate, rotate, device) * (math.pi / 180)
     s = _uniform(n, *scale, device)
@@ -60,7 +60,7 @@ def random_grid(n, size, device, rotate=15.0, scale=(0.85, 1.15), aspect=0.1, sh
     return grid
 
 
-def blur(x, p=0.3, sigma=(0.4, 0.9)):
+def blur(x, p=0.2, sigma=(0.4, 0.9)):
     """Gaussian-blur a random fraction p of the batch with a random sigma (3x3 kernel)."""
     n = x.shape[0]
     sig = _uniform(n, *sigma, x.device)
@@ -81,5 +81,5 @@ def augment(x):
     x = F.grid_sample(x, random_grid(n, h, x.device), mode="bilinear", padding_mode="zeros",
                       align_corners=False)
     x = blur(x)
-    gamma = torch.exp(_uniform(n, -0.4, 0.4, x.device)).view(n, 1, 1, 1)
+    gamma = torch.exp(_uniform(n, -0.25, 0.25, x.device)).view(n, 1, 1, 1)
     return x.clamp(0, 1).pow(gamma)

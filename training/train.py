@@ -179,13 +179,25 @@ def _maybe_inject_failure(config, epoch, batch_index, batches):
     os._exit(1)
 
 
+def _quiet_ray_train_logs():
+    """Keep Ray Train's per-report INFO lines out of the console; our epoch lines say it all.
+
+    Ray 2.60 names this logger after its file path, so RunConfig's LoggingConfig misses it.
+    """
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config):
     """One Ray Train worker: DDP training with augmentation, a report + checkpoint every epoch."""
     import ray
     import ray.train
     import ray.train.torch
-    from ray.train import Checkpoint
 
+    _quiet_ray_train_logs()
     if config.get("storage_emulator_host"):
         os.environ["STORAGE_EMULATOR_HOST"] = config["storage_emulator_host"]
     ctx = ray.train.get_context()
@@ -194,8 +206,8 @@ def train_loop_per_worker(config):
     epochs = config["epochs"]
 
     data = ray.get(config["data_ref"])
-    train_x = torch.from_numpy(data["train_x"]).unsqueeze(1)  # uint8, converted per batch
-    train_y = torch.from_numpy(data["train_y"]).long()
+    train_x = torch.from_numpy(data["train_x"].copy()).unsqueeze(1)  # uint8, converted per batch
+    train_y = torch.from_numpy(data["train_y"].astype(np.int64))
 
     # Same seed on every rank for the initial weights (DDP also broadcasts rank 0's).
     torch.manual_seed(config["seed"])
@@ -233,7 +245,11 @@ def train_loop_per_worker(config):
         scheduler.load_state_dict(state["scheduler"])
         history, start_epoch = state["history"], state["epoch"] + 1
         if rank == 0:
-            print(f"resumed from checkpoint at epoch {state['epoch']} ({state['source']})", flush=True)
+            print(f"resumed from checkpoint at epoch {state['epoch']} ({state.pop('source')})", flush=True)
+        if checkpoint is None:
+            # From the mirror: report it again so the new run directory has it too and
+            # Ray knows it (the best checkpoint may be this one if no epoch is left).
+            _report(state, config, rank)
 
     val_x, val_y = data["val_x"][rank::world], data["val_y"][rank::world]
     t_start = config["t0"]
@@ -280,23 +296,32 @@ def train_loop_per_worker(config):
         }
         history = history + [metrics]
 
-        if rank != 0:
-            ray.train.report(metrics)
-            continue
-        print(f"epoch {epoch:3d}/{epochs}  loss {metrics['train_loss']:.4f}  val_acc {metrics['val_acc']:.4f}  "
-              f"{metrics['images_per_s']:7.0f} img/s  elapsed {metrics['elapsed_s']:6.1f}s", flush=True)
-        dir_name = f"checkpoint_epoch_{epoch:03d}"
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "epoch": epoch, "metrics": metrics,
-                        "history": history, "model_config": {"arch": config["arch"], "width": config["width"]}},
-                       os.path.join(tmp, CHECKPOINT_FILE))
-            with open(os.path.join(tmp, METRICS_FILE), "w") as f:
-                json.dump(metrics, f)
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=dir_name)
-            if config.get("checkpoint_mirror"):
-                mirror_checkpoint(tmp, config["checkpoint_mirror"], config["run_name"], dir_name,
-                                  _keep_names(history, config["keep_checkpoints"]))
+        if rank == 0:
+            print(f"epoch {epoch:3d}/{epochs}  loss {metrics['train_loss']:.4f}  val_acc {metrics['val_acc']:.4f}  "
+                  f"{metrics['images_per_s']:7.0f} img/s  elapsed {metrics['elapsed_s']:6.1f}s", flush=True)
+        state = {"model": raw.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "epoch": epoch, "metrics": metrics, "history": history,
+                 "model_config": {"arch": config["arch"], "width": config["width"]}}
+        _report(state, config, rank)
+
+
+def _report(state, config, rank):
+    """ray.train.report on every rank; rank 0 attaches the checkpoint and copies it to the mirror."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    if rank != 0:
+        ray.train.report(state["metrics"])
+        return
+    dir_name = f"checkpoint_epoch_{state['epoch']:03d}"
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(state, os.path.join(tmp, CHECKPOINT_FILE))
+        with open(os.path.join(tmp, METRICS_FILE), "w") as f:
+            json.dump(state["metrics"], f)
+        ray.train.report(state["metrics"], checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=dir_name)
+        if config.get("checkpoint_mirror"):
+            mirror_checkpoint(tmp, config["checkpoint_mirror"], config["run_name"], dir_name,
+                              _keep_names(state["history"], config["keep_checkpoints"]))
 
 
 # --------------------------------------------------------------------------- the driver
@@ -310,7 +335,7 @@ def run_training(config, data, num_workers=2, use_gpu=False, storage_path="runs"
     config["checkpoint_mirror"] is set, to the mirror as well.
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     config = {**DEFAULT_CONFIG, **config}
@@ -339,6 +364,7 @@ def run_training(config, data, num_workers=2, use_gpu=False, storage_path="runs"
             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints, checkpoint_score_attribute="val_acc",
                                                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=max_failures),
+            logging_config=LoggingConfig(log_level="WARNING"),  # our per-epoch lines, not every report
         ),
     )
     return trainer.fit()
@@ -353,7 +379,7 @@ def best_checkpoint(result):
 
 # The recipe. Defaults tuned for 2 CPU workers finishing in about 2.5 minutes.
 DEFAULT_CONFIG = {
-    "epochs": 16,
+    "epochs": 20,
     "batch_size": 128,          # global: split evenly across workers
     "lr": 0.1,                  # peak of the one-cycle schedule
     "weight_decay": 5e-4,

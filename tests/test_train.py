@@ -1,0 +1,152 @@
+"""Ray Train end to end through the real CLI: checkpoints in a directory and in GCS, resume.
+
+Every test runs `python -m training` in a subprocess with a real embedded Ray (2 workers,
+gloo), on a 512-digit subset so an epoch takes about a second; start-up dominates.
+GCS is the real fake-gcs-server from the ``fake_gcs`` fixture.
+"""
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--data", "bundled", "--num-workers", "2", "--max-train-samples", "512", "--batch-size", "64"]
+
+
+def run_cli(*args, env=None, timeout=240):
+    """Run the training CLI to completion; return its combined output (asserting exit 0)."""
+    result = subprocess.run([sys.executable, "-m", "training", *SMALL, *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-5000:]
+    return out
+
+
+def epochs_trained(out):
+    """Epoch numbers whose progress line the run printed, in order."""
+    return [int(n) for n in re.findall(r"epoch +(\d+)/\d+ +loss", out)]
+
+
+def resumed_epoch(out):
+    m = re.search(r"resumed from checkpoint at epoch (\d+) \((.*?)\)", out)
+    return (int(m.group(1)), m.group(2)) if m else (None, None)
+
+
+def gcs_blobs(bucket, prefix):
+    from google.cloud import storage
+
+    from google.auth.credentials import AnonymousCredentials
+
+    client = storage.Client(project="local", credentials=AnonymousCredentials())
+    return {b.name: b for b in client.bucket(bucket).list_blobs(prefix=prefix)}
+
+
+def test_checkpoints_reach_directory_and_gcs_and_model_is_published(fake_gcs, tmp_path):
+    bucket = fake_gcs.make_bucket("ckpt-mirror")
+    runs, store = tmp_path / "runs", tmp_path / "store"
+    out = run_cli("--epochs", "2", "--storage-path", str(runs),
+                  "--checkpoint-mirror", f"gs://{bucket}/mirror", "--publish", str(store))
+    assert epochs_trained(out) == [1, 2]
+    # No --run-name: a fresh, timestamped one.
+    name = re.search(r"train: run (\S+) ->", out).group(1)
+    assert re.fullmatch(r"digitdraw-\d{8}-\d{6}", name), name
+
+    # The PVC side: Ray Train's run directory holds every epoch's checkpoint (keep 3 >= 2 epochs).
+    for epoch in (1, 2):
+        state = torch.load(runs / name / f"checkpoint_epoch_{epoch:03d}" / "checkpoint.pt", weights_only=False)
+        assert state["epoch"] == epoch
+        assert {"model", "optimizer", "scheduler", "metrics", "history"} <= set(state)
+
+    # The GCS side: the same checkpoints, complete (metrics.json is written last).
+    blobs = gcs_blobs(bucket, f"mirror/{name}/")
+    for epoch in (1, 2):
+        d = f"mirror/{name}/checkpoint_epoch_{epoch:03d}"
+        assert f"{d}/checkpoint.pt" in blobs and f"{d}/metrics.json" in blobs, sorted(blobs)
+        state = torch.load(io.BytesIO(blobs[f"{d}/checkpoint.pt"].download_as_bytes()), weights_only=False)
+        assert state["epoch"] == epoch
+        assert json.loads(blobs[f"{d}/metrics.json"].download_as_bytes())["epoch"] == epoch
+
+    # The report, and the published model with its metadata.
+    report = json.loads((runs / name / "report" / "metrics.json").read_text())
+    assert [m["epoch"] for m in report["epochs"]] == [1, 2]
+    assert sum(map(sum, report["confusion_matrix"])) == 1000
+    for png in ("learning_curves.png", "confusion_matrix.png"):
+        assert (runs / name / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    version = json.loads((store / "models" / "LATEST").read_text())["version"]
+    meta = json.loads((store / "models" / version / "model.json").read_text())
+    assert meta["run_name"] == name and meta["metrics"]["val_accuracy"] == report["summary"]["val_accuracy"]
+
+    # The run directory is gone (new PVC): rerunning the name restores from the GCS mirror.
+    shutil.rmtree(runs / name)
+    out = run_cli("--epochs", "2", "--storage-path", str(runs), "--run-name", name,
+                  "--checkpoint-mirror", f"gs://{bucket}/mirror", "--publish", "none")
+    assert resumed_epoch(out) == (2, f"gs://{bucket}/mirror/{name}/checkpoint_epoch_002")
+    assert epochs_trained(out) == []
+    assert (runs / name / "checkpoint_epoch_002" / "checkpoint.pt").exists()
+
+
+def test_worker_failure_resumes_from_last_checkpoint_in_gcs_storage(fake_gcs, tmp_path):
+    bucket = fake_gcs.make_bucket("ray-runs")
+    out = run_cli("--epochs", "3", "--storage-path", f"gs://{bucket}/runs", "--run-name", "crash",
+                  "--max-failures", "1", "--publish", "none", env={"FAIL_AT_EPOCH": "2"})
+    # Rank 1 died halfway through epoch 2; the new worker group started from epoch 1's checkpoint.
+    assert f"gs://{bucket}/runs/crash/failure-injected-epoch-2" in "".join(
+        f"gs://{bucket}/{name}" for name in gcs_blobs(bucket, "runs/crash/"))
+    epoch, source = resumed_epoch(out)
+    assert epoch == 1, out[-4000:]
+    assert source.endswith("crash/checkpoint_epoch_001")
+    assert epochs_trained(out) == [1, 2, 3]  # epoch 1 was not repeated, epoch 2 printed once (after restart)
+    assert "runs/crash/checkpoint_epoch_003/checkpoint.pt" in gcs_blobs(bucket, "runs/crash/")
+
+
+def test_rerun_after_driver_death_resumes_same_run(tmp_path):
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "training", *SMALL, "--epochs", "5", "--storage-path", str(runs),
+           "--run-name", "killed", "--publish", "none"]
+    # Own session, so killing the group kills the driver and the Ray it embedded.
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (runs / "killed" / "checkpoint_epoch_002" / "checkpoint.pt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "run ended before its second checkpoint"
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        first = proc.communicate()[0]
+    done = epochs_trained(first)
+    assert done and done[-1] < 5, first[-3000:]
+
+    out = run_cli("--epochs", "5", "--storage-path", str(runs), "--run-name", "killed", "--publish", "none")
+    epoch, _ = resumed_epoch(out)
+    assert epoch is not None and 1 <= epoch <= done[-1], out[-4000:]
+    assert epochs_trained(out) == list(range(epoch + 1, 6))  # nothing before the checkpoint is repeated
+    report = json.loads((runs / "killed" / "report" / "metrics.json").read_text())
+    assert [m["epoch"] for m in report["epochs"]] == [1, 2, 3, 4, 5]
+
+
+def test_help_documents_every_flag_with_its_env_var():
+    out = subprocess.run([sys.executable, "-m", "training", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60).stdout
+    out = " ".join(out.split())  # argparse wraps lines anywhere
+    flags = {"--data": "TRAIN_DATA", "--data-dir": "DATA_DIR", "--mirrors": "MNIST_MIRRORS", "--epochs": "EPOCHS",
+             "--batch-size": "BATCH_SIZE", "--lr": "LR", "--num-workers": "NUM_WORKERS", "--use-gpu": "USE_GPU",
+             "--storage-path": "STORAGE_PATH", "--checkpoint-mirror": "CHECKPOINT_MIRROR", "--run-name": "RUN_NAME",
+             "--publish": "PUBLISH_URIS", "--max-train-samples": "MAX_TRAIN_SAMPLES",
+             "--promotion-margin": "PROMOTION_MARGIN", "--force-promote": "FORCE_PROMOTE",
+             "--max-failures": "MAX_FAILURES", "--keep-checkpoints": "KEEP_CHECKPOINTS", "--seed": "SEED"}
+    for flag, env in flags.items():
+        assert re.search(rf"{flag}\b", out), flag
+        assert f"(env {env};" in out, env
