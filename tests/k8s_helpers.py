@@ -487,9 +487,9 @@ def deployment_rules(docs):
                 if env.get("RAY_AUTH_MODE") != "disabled":
                     problems.append(f"{where}: RAY_AUTH_MODE must be 'disabled' like every other Ray process, "
                                     f"got {env.get('RAY_AUTH_MODE')!r}")
-                if "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" in env:
-                    problems.append(f"{where}: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is for one machine only; "
-                                    "=0 makes Ray bind to loopback and refuse to join a multi-node cluster")
+                if where != "submitter" and env.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "1":
+                    problems.append(f"{where}: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER must be \"1\": the training CLI "
+                                    "defaults it to 0 (loopback, for one machine), which breaks a multi-node cluster")
                 problems += _resources_errors(f"{where} container {c['name']}", c)
             if where == "submitter":
                 continue

@@ -241,7 +241,9 @@ def test_deployment_rules_catch_violations(rendered):
     docs = copy.deepcopy(rendered["gke"])
     (job,) = k8s.find(docs, "RayJob")
     worker = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
-    worker["containers"][0]["env"].append({"name": "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "value": "0"})
+    for e in worker["containers"][0]["env"]:
+        if e["name"] == "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER":
+            e["value"] = "0"
     worker["volumes"] = [v for v in worker["volumes"] if v["name"] != "shared"]
     worker["containers"][0]["volumeMounts"] = [m for m in worker["containers"][0]["volumeMounts"] if m["name"] != "shared"]
     job["spec"]["rayClusterSpec"]["rayVersion"] = "2.9.0"
