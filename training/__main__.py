@@ -102,7 +102,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def start_ray(num_workers, use_gpu, log):
+def start_ray(num_workers, log):
     """Connect to RAY_ADDRESS if set (inside a RayJob), else start Ray embedded on loopback."""
     import ray
 
@@ -115,7 +115,7 @@ def start_ray(num_workers, use_gpu, log):
         cpus = max(os.cpu_count() or 1, num_workers + 1)
         # The dashboard serves the state API that Ray Train's cleanup actor polls; on a
         # free port so parallel runs (tests) do not collide. Not fatal if it fails.
-        ray.init(num_cpus=cpus, num_gpus=num_workers if use_gpu else None, dashboard_host="127.0.0.1",
+        ray.init(num_cpus=cpus, dashboard_host="127.0.0.1",
                  dashboard_port=_free_port(), _node_ip_address="127.0.0.1")
         where = "embedded on 127.0.0.1"
     seconds = time.time() - t
@@ -148,7 +148,7 @@ def main(argv=None):
     from training.report import confusion_matrix, write_report
     from training.train import best_checkpoint, evaluate, load_checkpoint, run_training
 
-    ray_start_s = start_ray(args.num_workers, args.use_gpu, log)
+    ray_start_s = start_ray(args.num_workers, log)
     config = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
               "checkpoint_mirror": mirror, "fail_at_epoch": int(fail_at) if fail_at else None, "t0": t0}
     log(f"train: run {run_name} -> {args.storage_path.rstrip('/')}/{run_name}"

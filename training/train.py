@@ -40,7 +40,6 @@ directory records that it fired.
 import io
 import json
 import os
-import shutil
 import tempfile
 import time
 from urllib.parse import urlparse
@@ -244,8 +243,9 @@ def train_loop_per_worker(config):
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history, start_epoch = state["history"], state["epoch"] + 1
+        source = state.pop("source")
         if rank == 0:
-            print(f"resumed from checkpoint at epoch {state['epoch']} ({state.pop('source')})", flush=True)
+            print(f"resumed from checkpoint at epoch {state['epoch']} ({source})", flush=True)
         if checkpoint is None:
             # From the mirror: report it again so the new run directory has it too and
             # Ray knows it (the best checkpoint may be this one if no epoch is left).
@@ -279,7 +279,9 @@ def train_loop_per_worker(config):
 
         # Validation is sharded across ranks and summed, so every rank has the totals.
         correct, vloss, _ = evaluate(model, val_x, val_y, device)
-        totals = torch.tensor([correct, vloss, len(val_y), loss_sum.item(), batches], device=device,
+        # The time budget (benchmarks) is decided on the summed flag, so all ranks stop together.
+        over_budget = bool(config.get("time_budget_s")) and time.time() - t_start > config["time_budget_s"]
+        totals = torch.tensor([correct, vloss, len(val_y), loss_sum.item(), batches, over_budget], device=device,
                               dtype=torch.float64)
         if world > 1:
             dist.all_reduce(totals)
@@ -303,6 +305,8 @@ def train_loop_per_worker(config):
                  "epoch": epoch, "metrics": metrics, "history": history,
                  "model_config": {"arch": config["arch"], "width": config["width"]}}
         _report(state, config, rank)
+        if totals[5].item() > 0:
+            break
 
 
 def _report(state, config, rank):
@@ -391,4 +395,5 @@ DEFAULT_CONFIG = {
     "augment": True,
     "fail_at_epoch": None,
     "checkpoint_mirror": None,
+    "time_budget_s": None,      # stop after the epoch that passes this many seconds since t0 (benchmarks)
 }
