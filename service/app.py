@@ -11,7 +11,7 @@ import time
 import warnings
 
 import numpy as np
-from flask import Flask, Response, g, request, send_from_directory
+from flask import Flask, Response, request, send_from_directory
 from PIL import Image
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
@@ -19,16 +19,17 @@ from . import config as config_module
 from . import log as log_module
 from . import oip, openapi, payload, preprocess
 from .errors import ApiError, json_response, not_ready
-from .metrics import UNMATCHED, Metrics
+from .metrics import Metrics
 from .model import ModelHolder, softmax
+from .wsgi import MODEL_VERSION, RequestLayer
 
-log = logging.getLogger("service.request")
-
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/=+-]{1,128}$")
 # The frontend is plain files: no inline script or style, so the strictest policy fits.
 # img-src allows data: for the 28x28 preview the API returns as a data URL.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+SECURITY_HEADERS = [("Content-Security-Policy", CSP), ("X-Content-Type-Options", "nosniff"),
+                    ("Referrer-Policy", "no-referrer")]
+STATIC_ROUTE = "/<path:filename>"
 STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
                 415: "unsupported_media_type", 500: "internal_error"}
 
@@ -72,7 +73,7 @@ def create_app(config=None):
         started = time.perf_counter()
         logits = model.logits(x)
         app.metrics.observe_inference(time.perf_counter() - started, len(inputs))
-        g.model_version = model.version
+        request.environ[MODEL_VERSION] = model.version
         predictions = []
         for xi, p in zip(inputs, softmax(logits.astype(np.float64))):
             digit = int(p.argmax())
@@ -119,7 +120,7 @@ def create_app(config=None):
     def index():
         return static_file("index.html")
 
-    @app.get("/<path:filename>")
+    @app.get(STATIC_ROUTE)
     def static_file(filename):
         # The catch-all GET would also match API paths used with the wrong method
         # (GET /predict); those are 405s, not missing files.
@@ -131,41 +132,6 @@ def create_app(config=None):
         return send_from_directory(frontend, filename)
 
     api_methods = {rule.rule: rule.methods for rule in app.url_map.iter_rules() if "<" not in rule.rule}
-
-    # ---- every request: id, timing, headers, metrics, one log line -------------------------
-
-    @app.before_request
-    def start_request():
-        g.started = time.perf_counter()
-        rid = request.headers.get("X-Request-Id", "")
-        g.request_id = rid if REQUEST_ID.match(rid) else os.urandom(8).hex()
-
-    @app.after_request
-    def finish_request(response):
-        headers = response.headers
-        headers["X-Request-Id"] = g.request_id
-        headers["Content-Security-Policy"] = CSP
-        headers["X-Content-Type-Options"] = "nosniff"
-        headers["Referrer-Policy"] = "no-referrer"
-        origin = request.headers.get("Origin")
-        if origin and (origin in cors or "*" in cors):
-            headers["Access-Control-Allow-Origin"] = origin
-            headers["Access-Control-Expose-Headers"] = "X-Request-Id"
-            headers.add("Vary", "Origin")
-            if request.method == "OPTIONS":
-                headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-                headers["Access-Control-Allow-Headers"] = "Content-Type, X-Request-Id"
-                headers["Access-Control-Max-Age"] = "600"
-        seconds = time.perf_counter() - g.started
-        route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
-        if request.path in api_methods:  # a wrong-method API call is that route's 405
-            route = request.path
-        app.metrics.observe_request(route, response.status_code, seconds)
-        log.info("request", extra={"fields": {
-            "method": request.method, "path": request.path, "status": response.status_code,
-            "latency_ms": round(seconds * 1000, 3), "model_version": g.get("model_version"),
-            "request_id": g.request_id}})
-        return response
 
     # ---- errors: always JSON ---------------------------------------------------------------
 
@@ -198,6 +164,11 @@ def create_app(config=None):
     routes = sorted({rule.rule for rule in app.url_map.iter_rules()})
     slots = 2 * cfg["WEB_CONCURRENCY"] + 2  # room for a graceful reload's second set of workers
     app.metrics = Metrics(routes, slots)
+
+    def route_of(path):  # the metrics label: the route that serves this path
+        return path if path in api_methods or path == "/" else STATIC_ROUTE
+
+    app.wsgi_app = RequestLayer(app.wsgi_app, app.metrics, route_of, SECURITY_HEADERS, cfg["CORS_ORIGINS"])
     app.model_holder = holder
     app.service_config = cfg
     holder.on_event = app.metrics.model_event

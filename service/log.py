@@ -2,18 +2,26 @@
 
 The keys follow Google Cloud Logging's conventions (``severity``, ``message``), so on GKE
 each line becomes a structured entry; locally ``jq`` reads them. Extra fields are passed
-with ``log.info("...", extra={"fields": {...}})``.
+with ``log.info("...", extra={"fields": {...}})``. The per-request line skips the logging
+machinery (see request_line): it is written on every request.
 """
 import json
 import logging
+import os
 import sys
 import time
+
+_request_log_enabled = True
+
+
+def _timestamp(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record):
         entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "time": _timestamp(record.created),
             "severity": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -33,3 +41,20 @@ def setup(level="INFO"):
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    global _request_log_enabled
+    _request_log_enabled = logging.getLogger("service.request").isEnabledFor(logging.INFO)
+
+
+def request_line(method, path, status, seconds, model_version, request_id):
+    """The one log line per request (INFO, logger service.request), same shape as the others.
+
+    One os.write of a line shorter than the pipe buffer is atomic, so lines from threads
+    and worker processes never interleave, and no lock is needed.
+    """
+    if not _request_log_enabled:
+        return
+    line = json.dumps({"time": _timestamp(time.time()), "severity": "INFO", "logger": "service.request",
+                       "message": "request", "method": method, "path": path[:512], "status": status,
+                       "latency_ms": round(seconds * 1000, 3), "model_version": model_version,
+                       "request_id": request_id})
+    os.write(2, line.encode() + b"\n")

@@ -9,10 +9,11 @@ import json
 import time
 
 import numpy as np
-from flask import g, request
+from flask import request
 
 from .errors import ApiError, json_response, not_ready
 from .model import softmax
+from .wsgi import MODEL_VERSION
 
 NAME = "digitdraw"
 PROBABILITIES = "probabilities"
@@ -70,7 +71,7 @@ def register(app, holder, max_batch):
         started = time.perf_counter()
         logits = model.logits(x)
         app.metrics.observe_inference(time.perf_counter() - started, len(x))
-        g.model_version = model.version
+        request.environ[MODEL_VERSION] = model.version
         values = {model.output_name: logits,
                   PROBABILITIES: softmax32(logits)}
         response = {"model_name": NAME, "model_version": model.version,

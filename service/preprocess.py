@@ -15,7 +15,7 @@ import base64
 import io
 
 import numpy as np
-from PIL import Image, JpegImagePlugin, PngImagePlugin  # noqa: F401  the only decoders we use
+from PIL import Image, ImageChops, JpegImagePlugin, PngImagePlugin  # noqa: F401  the only decoders we use
 
 from .errors import ApiError
 
@@ -28,8 +28,6 @@ OTHER_FORMATS = {b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP", b"II*\x00": "
 INK_THRESHOLD = 32   # of 255: fainter pixels (JPEG noise, a stray smudge) do not count as ink
 BOX, FRAME = 20, 28  # MNIST: digit fitted in a 20x20 box, centred in a 28x28 frame
 
-_INVERT = [255 - v for v in range(256)]
-_IS_INK = [255 if v >= INK_THRESHOLD else 0 for v in range(256)]
 
 
 def sniff_format(data):
@@ -84,33 +82,42 @@ def decode(data, max_pixels):
 
 
 def ink_image(im):
-    """Grayscale "L" image of the ink: the drawing composited onto white, then inverted."""
+    """The ink as a grayscale "L" image cropped to where anything is drawn, or None if the
+    image is blank. Ink is the drawing composited onto white, grayscale, inverted."""
     if im.mode.startswith("I;16") or im.mode == "I":
-        # 16-bit grayscale: Pillow's convert("L") clips rather than scales, so scale here.
-        gray = np.asarray(im, dtype=np.float32) / 257.0
-        gray = Image.fromarray(np.clip(gray, 0, 255).astype(np.uint8), "L")
-        if "transparency" not in im.info:
-            return gray.point(_INVERT)
-        # 16-bit grayscale with a transparent colour key: treat keyed pixels as white.
-        keyed = np.asarray(im) == im.info["transparency"]
-        ink = 255 - np.asarray(gray)
-        ink[keyed] = 0
-        return Image.fromarray(ink, "L")
+        return _ink_16bit(im)
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        gray = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), rgba).convert("L")
-    else:
-        gray = im.convert("L")
-    return gray.point(_INVERT)
+        im = im.convert("RGBA") if im.mode != "RGBA" else im
+        # Crop to the non-transparent pixels first (one cheap pass): on a canvas most of
+        # the area is transparent, and everything below then works on the drawing only.
+        bbox = im.getbbox()
+        if bbox is None:
+            return None
+        im = im.crop(bbox)
+        # Composited onto white, a pixel's gray is lum*a/255 + 255 - a, so its ink
+        # (255 - gray) is (255 - lum) * a / 255: the inverted gray times alpha.
+        return ImageChops.multiply(ImageChops.invert(im.convert("L")), im.getchannel("A"))
+    return ImageChops.invert(im.convert("L"))
+
+
+def _ink_16bit(im):
+    # 16-bit grayscale: Pillow's convert("L") clips rather than scales, so scale here.
+    gray = np.asarray(im, dtype=np.float32) / 257.0
+    ink = 255 - np.clip(np.round(gray), 0, 255).astype(np.uint8)
+    if "transparency" in im.info:  # a transparent colour key: those pixels are background
+        ink[np.asarray(im) == im.info["transparency"]] = 0
+    return Image.fromarray(ink, "L")
 
 
 def to_mnist(im):
     """The model input for a decoded image: float32 [28, 28], ink 1.0. 422 if there is no ink."""
     ink = ink_image(im)
-    bbox = ink.point(_IS_INK).getbbox()
-    if bbox is None:
+    a = None if ink is None else np.asarray(ink)
+    rows = None if a is None else np.flatnonzero((a >= INK_THRESHOLD).any(axis=1))
+    if rows is None or rows.size == 0:
         raise ApiError(422, "empty_canvas", "the canvas has no ink; draw a digit first")
-    ink = ink.crop(bbox)
+    cols = np.flatnonzero((a[rows[0]:rows[-1] + 1] >= INK_THRESHOLD).any(axis=0))
+    ink = ink.crop((int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1))
     w, h = ink.size
     scale = BOX / max(w, h)
     w, h = max(1, round(w * scale)), max(1, round(h * scale))
