@@ -79,7 +79,7 @@ def local_env(manifest_env, overrides):
     return env
 
 
-def kill_group(proc, timeout=10):
+def kill_group(proc, timeout=5):
     """Stop a process we started in its own session, and everything it started."""
     if proc.poll() is None:
         try:
