@@ -9,6 +9,7 @@ validate` checks the same overlays against a live cluster instead.
 """
 import copy
 import os
+import re
 import subprocess
 import sys
 
@@ -114,6 +115,28 @@ def test_settings_from_config_env_are_filled_in_once(rendered):
             assert model_uri == head["PUBLISH_URIS"] == "/mnt/shared/store"
         else:
             assert model_uri == head["PUBLISH_URIS"] == f"gs://{cfg['BUCKET']}"
+
+
+def documented_env(module):
+    """The environment variables `python -m <module> --help` documents."""
+    out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=k8s.ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    return set(re.findall(r"\(env\s+([A-Z_]+)", out.stdout)) | set(re.findall(r"^([A-Z][A-Z_]+)\s", out.stdout, re.M))
+
+
+def test_every_env_var_the_manifests_set_is_one_the_code_reads(rendered):
+    """A misspelt variable (EPOCH=...) passes every schema and is silently ignored."""
+    ray_env = {"RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    training, service = documented_env("training"), documented_env("service")
+    assert {"EPOCHS", "PUBLISH_URIS"} <= training and {"MODEL_URI", "PORT"} <= service
+    for overlay, docs in rendered.items():
+        (job,) = k8s.find(docs, "RayJob")
+        for where, pod in k8s.ray_pods(job):
+            for c in pod["containers"]:
+                assert set(k8s.env_of(c)) - ray_env <= training, (overlay, where)
+        (svc,) = k8s.find(docs, "Service", "serving.knative.dev")
+        assert set(k8s.env_of(svc["spec"]["template"]["spec"]["containers"][0])) <= service, overlay
 
 
 def test_gpu_overlay_asks_for_gpus(rendered):
