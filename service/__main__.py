@@ -15,8 +15,24 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 from gunicorn.app.base import BaseApplication  # noqa: E402
+from gunicorn.glogging import Logger  # noqa: E402
 
 from . import config as config_module  # noqa: E402
+from .log import JsonFormatter  # noqa: E402
+
+
+class JsonLogger(Logger):
+    """gunicorn's own messages as JSON lines, and no access log: the app writes one line
+    per request itself (gunicorn would otherwise build its access-log fields on every
+    request, even with the access log off, whenever a logging config is given)."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.setFormatter(JsonFormatter())
+
+    def access(self, resp, req, environ, request_time):
+        pass
 
 
 class Server(BaseApplication):
@@ -52,16 +68,7 @@ class Server(BaseApplication):
             "keepalive": 75,  # longer than any sensible proxy idle timeout
             "accesslog": None,  # the app logs one JSON line per request itself
             "loglevel": c["LOG_LEVEL"].lower(),
-            "logconfig_dict": {
-                "version": 1,
-                "disable_existing_loggers": False,
-                "formatters": {"json": {"()": "service.log.JsonFormatter"}},
-                "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
-                                        "stream": "ext://sys.stderr"}},
-                "loggers": {"gunicorn.error": {"level": c["LOG_LEVEL"], "handlers": ["stderr"],
-                                               "propagate": False}},
-                "root": {"level": c["LOG_LEVEL"], "handlers": ["stderr"]},
-            },
+            "logger_class": JsonLogger,
             "pre_fork": pre_fork,
             "post_fork": post_fork,
             "proc_name": "digitdraw",
