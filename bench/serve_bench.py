@@ -367,7 +367,8 @@ def main():
     ap.add_argument("--warmup", type=float, default=1.5, help="seconds of unmeasured load first (default 1.5)")
     ap.add_argument("--workers", type=int, default=os.cpu_count(),
                     help="service WEB_CONCURRENCY for the main run (default: the number of cores)")
-    ap.add_argument("--threads", type=int, default=1, help="service THREADS for the main run (default 1)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="service THREADS for the main and pinned runs (default: the service's default)")
     ap.add_argument("--cold-runs", type=int, default=5, help="cold starts of the service to take the median of")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--skip-deps", action="store_true", help="skip the fresh-venv install size")
@@ -382,11 +383,12 @@ def main():
     results = {"machine": machine(), "store": store, "request": "POST /predict, JSON data URL of a 280x280 RGBA PNG",
                "png_bytes_mean": round(statistics.mean(len(p) for p in pngs))}
     service_cmd = [sys.executable, "-m", "service"]
+    threads = {"THREADS": str(args.threads)} if args.threads else {}
     base_env = {"MODEL_URI": store, "MODEL_POLL_SECONDS": "0", "LOG_LEVEL": "warning"}
 
     # The service: cold start as deployed (one worker), throughput with a worker per core.
     results["service"] = measure_server(
-        "service", service_cmd, {**base_env, "WEB_CONCURRENCY": str(args.workers), "THREADS": str(args.threads)},
+        "service", service_cmd, {**base_env, "WEB_CONCURRENCY": str(args.workers), **threads},
         pngs, args, [1, 8], 0)
     results["service"]["cold_start_s"] = measure_server(
         "service (1 worker)", service_cmd, {**base_env, "WEB_CONCURRENCY": "1"}, pngs, args, [], args.cold_runs
@@ -396,7 +398,7 @@ def main():
     if os.cpu_count() >= 2:
         results["service_pinned_1_core"] = measure_server(
             "service pinned to core 0", ["taskset", "-c", "0", *service_cmd],
-            {**base_env, "WEB_CONCURRENCY": "1", "THREADS": str(args.threads)}, pngs, args, [1, 2, 4, 8], 0,
+            {**base_env, "WEB_CONCURRENCY": "1", **threads}, pngs, args, [1, 2, 4, 8], 0,
             client_cpus=set(range(1, os.cpu_count())))
 
     if not args.skip_baseline:

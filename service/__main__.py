@@ -83,6 +83,7 @@ class Server(BaseApplication):
         from .app import create_app
 
         self.application = create_app({**self.cfg_values, "START_LOADER": False})
+        import onnxruntime  # noqa: F401  imported once here rather than in every worker
         return self.application
 
 
