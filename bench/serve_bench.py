@@ -287,7 +287,8 @@ def venv_size(requirements):
         subprocess.run([sys.executable, "-m", "venv", tmp], check=True)
         subprocess.run([f"{tmp}/bin/pip", "install", "-q", "--disable-pip-version-check", "-r", requirements],
                        check=True)
-        subprocess.run([f"{tmp}/bin/pip", "uninstall", "-q", "-y", "pip"], check=True)  # not a serving dep
+        # pip and setuptools come with every venv and are not serving dependencies
+        subprocess.run([f"{tmp}/bin/pip", "uninstall", "-q", "-y", "setuptools", "pip"], check=True)
         site = subprocess.run([f"{tmp}/bin/python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                               capture_output=True, text=True, check=True).stdout.strip()
         total = du(tmp)

@@ -49,7 +49,6 @@ def create_app(config=None):
     app.config["MAX_FORM_MEMORY_SIZE"] = cfg["MAX_BODY_BYTES"]
     holder = ModelHolder(cfg["MODEL_URI"], cfg["MODEL_POLL_SECONDS"])
     frontend = os.path.abspath(cfg["FRONTEND_DIR"])
-    cors = set(cfg["CORS_ORIGINS"])
     max_pixels, max_batch = cfg["MAX_IMAGE_PIXELS"], cfg["MAX_BATCH"]
     openapi_doc = json.dumps(openapi.document(), indent=1)
 
