@@ -227,8 +227,10 @@ def train_loop_per_worker(config):
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9, nesterov=True,
                                     weight_decay=config["weight_decay"])
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config["lr"],
-                                                        total_steps=epochs * len(loader), pct_start=0.25)
+        # A quarter warm-up; the max() keep tiny smoke runs (a few steps) valid for OneCycleLR.
+        steps = max(4, epochs * len(loader))
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config["lr"], total_steps=steps,
+                                                        pct_start=max(0.25, 2 / steps))
 
     # Resume: Ray's checkpoint (worker restart or same-name rerun), else the mirror.
     state, history, start_epoch = None, [], 1
