@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on workers, pods or CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 
@@ -37,6 +38,8 @@ def plot_learning_curves(history):
     ax2.set_ylabel("validation accuracy (%)")
     ax2.set_ylim(max(80.0, min(100 * m["val_acc"] for m in history) - 1), 100)
     ax2.grid(alpha=0.3)
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
 
