@@ -324,7 +324,7 @@ def smooth(path, window=5):
     return out
 
 
-def mnist_to_strokes(image, upscale=4, threshold=0.5, step=3):
+def mnist_to_strokes(image, upscale=4, threshold=0.5, step=4):
     """Pen strokes for a 28x28 MNIST image (uint8, ink high): upscale, threshold, thin, trace,
     smooth, and keep every ``step``-th point. Returns [[(x, y), ...], ...] in pixels of the
     upscaled image, strokes longest first; [] for an image without ink."""
@@ -343,3 +343,76 @@ def mnist_to_strokes(image, upscale=4, threshold=0.5, step=3):
     long_enough = [s for s in strokes if len(s) > 2]
     strokes = long_enough or strokes
     return sorted(strokes, key=len, reverse=True)
+
+
+# --- handwriting evaluation --------------------------------------------------------------
+
+# Ways of writing a digit on the pad: how big (longer side, in pad sides), where (centre),
+# and how wide a pen (?stroke=, in pad sides; the page's default is 0.075).
+VARIANTS = [
+    {"name": "medium", "size": 0.6, "center": (0.5, 0.5), "stroke": 0.075},
+    {"name": "large-thin", "size": 0.85, "center": (0.5, 0.5), "stroke": 0.05},
+    {"name": "small-corner", "size": 0.35, "center": (0.3, 0.3), "stroke": 0.075},
+    {"name": "offset-thick", "size": 0.6, "center": (0.6, 0.58), "stroke": 0.1},
+    {"name": "tall-low", "size": 0.75, "center": (0.45, 0.6), "stroke": 0.065},
+]
+
+
+def validation_digits(count=1000, every=1):
+    """The held-out MNIST digits: the last ``count`` of training/sample (training never sees
+    them), every ``every``-th one. Returns (images uint8 [n, 28, 28], labels int [n], indices)."""
+    sys.path.insert(0, ROOT)
+    from training.idx import read_idx
+
+    sample = os.path.join(ROOT, "training", "sample")
+    images = read_idx(os.path.join(sample, "train-images-idx3-ubyte.gz"))
+    labels = read_idx(os.path.join(sample, "train-labels-idx1-ubyte.gz"))
+    indices = np.arange(len(images) - count, len(images))[::every]
+    return images[indices], labels[indices].astype(int), indices
+
+
+def replay_handwriting(browser, url, images, labels, variants=VARIANTS, every_variant=False, seed=0,
+                       progress=None, keep_failures=False):
+    """Write each image on the page at ``url`` stroke by stroke with the mouse, press Predict,
+    and record what the page reads. Each digit is written in one variant (round robin), or in
+    all of them with ``every_variant``; size and position get a little seeded jitter.
+
+    Returns one dict per writing: index (into ``images``), label, read ('' when the page
+    showed an error instead), variant; with ``keep_failures`` also the pad and preview as
+    PNG data URLs for the wrong ones. ``progress(done, total)`` is called now and then.
+    """
+    rng = np.random.default_rng(seed)
+    strokes = [mnist_to_strokes(image) for image in images]
+    plan = [(i, v) for i in range(len(images))
+            for v in (range(len(variants)) if every_variant else [i % len(variants)])]
+    jitter = {(i, v): (rng.uniform(0.9, 1.1), rng.uniform(-0.05, 0.05, size=2)) for i, v in plan}
+    records = []
+    for v, variant in enumerate(variants):
+        context = browser.new_context(viewport={"width": 900, "height": 700})
+        page = context.new_page()
+        page.goto(f"{url}/?stroke={variant['stroke']}")
+        page.get_by_test_id("pad").wait_for()
+        for i, _ in [(i, pv) for i, pv in plan if pv == v]:
+            record = {"index": i, "label": int(labels[i]), "variant": variant["name"]}
+            if strokes[i]:
+                scale, shift = jitter[(i, v)]
+                center = (variant["center"][0] + shift[0], variant["center"][1] + shift[1])
+                page.keyboard.press("Escape")
+                draw_mouse(page, place(strokes[i], variant["size"] * scale, center))
+                page.get_by_test_id("predict").click()
+                record["read"] = wait_for_answer(page)
+            else:
+                record["read"] = ""
+            if keep_failures and record["read"] != str(record["label"]):
+                record.update(page.evaluate("""() => ({
+                    pad: document.querySelector('[data-testid=pad]').toDataURL(),
+                    preview: document.querySelector('[data-testid=preview]').toDataURL()})"""))
+            records.append(record)
+            if progress and len(records) % 50 == 0:
+                progress(len(records), len(plan))
+        context.close()
+    return records
+
+
+def accuracy(records):
+    return sum(r["read"] == str(r["label"]) for r in records) / max(1, len(records))
