@@ -94,14 +94,6 @@ def code_revision():
     return os.environ.get("CODE_REVISION", "unknown")
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_ray(num_workers, log):
     """Connect to RAY_ADDRESS if set (inside a RayJob), else start Ray embedded on loopback."""
     import ray
@@ -113,10 +105,11 @@ def start_ray(num_workers, log):
     else:
         # One CPU per worker plus one for the Train controller; never fewer than the machine has.
         cpus = max(os.cpu_count() or 1, num_workers + 1)
-        # The dashboard serves the state API that Ray Train's cleanup actor polls; on a
-        # free port so parallel runs (tests) do not collide. Not fatal if it fails.
-        ray.init(num_cpus=cpus, dashboard_host="127.0.0.1",
-                 dashboard_port=_free_port(), _node_ip_address="127.0.0.1")
+        # No dashboard: it is a dozen more processes to start on 2 cores. Without its state
+        # API, Ray Train's placement-group cleaner warns every few seconds that it cannot
+        # poll; so Ray core logs only errors (Ray Train keeps its own level, WARNING).
+        ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 logging_config=ray.LoggingConfig(log_level="ERROR"))
         where = "embedded on 127.0.0.1"
     seconds = time.time() - t
     log(f"ray: {where}, started in {seconds:.1f}s, resources {ray.cluster_resources()}")
