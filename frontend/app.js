@@ -33,7 +33,7 @@ try {
   showError(err.message);
 }
 
-const pad = new Pad(ui.pad, { widthFraction: config?.strokeWidth ?? 0.075, onStroke });
+const pad = new Pad(ui.pad, { widthFraction: config?.strokeWidth ?? 0.09, onStroke });
 
 let seq = 0;            // number of the newest request; answers to older ones are dropped
 let inflight = null;    // {seq, controller} of the request in flight

@@ -53,7 +53,7 @@ export class Pad {
    * @param {object} opts widthFraction: pen width as a fraction of the pad's side;
    *   onStroke(phase): called with 'start', 'move' and 'end' as a stroke is drawn.
    */
-  constructor(canvas, { widthFraction = 0.075, onStroke = () => {} } = {}) {
+  constructor(canvas, { widthFraction = 0.09, onStroke = () => {} } = {}) {
     this.canvas = canvas;
     this.ctx = canvas.getContext('2d');
     this.widthFraction = widthFraction;

@@ -138,14 +138,18 @@ def pad_ink_fraction(page):
 
 # --- writing on the pad ------------------------------------------------------------------
 
-def place(strokes, size=0.7, center=(0.5, 0.5)):
+def place(strokes, size=0.7, center=(0.5, 0.5), margin=0.03):
     """Map strokes from their own bounding box into pad fractions: the longer side becomes
-    ``size`` of the pad, centred at ``center``, keeping the aspect ratio."""
+    ``size`` of the pad, centred at ``center`` (moved in if need be, so that the digit stays
+    ``margin`` inside the pad, as a person writes it), keeping the aspect ratio."""
     pts = np.concatenate([np.asarray(s, dtype=float) for s in strokes])
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     span = max(float((hi - lo).max()), 1e-6)
+    size = min(size, 1 - 2 * margin)
+    half = (hi - lo) / span * size / 2
+    cx, cy = (float(np.clip(c, margin + h, 1 - margin - h)) for c, h in zip(center, half))
     mid = (lo + hi) / 2
-    return [[(center[0] + (x - mid[0]) / span * size, center[1] + (y - mid[1]) / span * size)
+    return [[(cx + (x - mid[0]) / span * size, cy + (y - mid[1]) / span * size)
              for x, y in s] for s in strokes]
 
 
@@ -348,12 +352,12 @@ def mnist_to_strokes(image, upscale=4, threshold=0.5, step=4):
 # --- handwriting evaluation --------------------------------------------------------------
 
 # Ways of writing a digit on the pad: how big (longer side, in pad sides), where (centre),
-# and how wide a pen (?stroke=, in pad sides; the page's default is 0.075).
+# and how wide a pen (?stroke=, in pad sides; the page's default is 0.09).
 VARIANTS = [
-    {"name": "medium", "size": 0.6, "center": (0.5, 0.5), "stroke": 0.075},
+    {"name": "medium", "size": 0.65, "center": (0.5, 0.5), "stroke": 0.09},
     {"name": "large-thin", "size": 0.85, "center": (0.5, 0.5), "stroke": 0.05},
     {"name": "small-corner", "size": 0.35, "center": (0.3, 0.3), "stroke": 0.075},
-    {"name": "offset-thick", "size": 0.6, "center": (0.6, 0.58), "stroke": 0.1},
+    {"name": "offset-thick", "size": 0.6, "center": (0.6, 0.58), "stroke": 0.12},
     {"name": "tall-low", "size": 0.75, "center": (0.45, 0.6), "stroke": 0.065},
 ]
 
