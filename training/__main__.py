@@ -12,7 +12,10 @@ import sys
 import time
 
 # Keep an embedded Ray on loopback, with one auth mode for the cluster and its clients.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Only when embedded: inside a cluster (RAY_ADDRESS set, e.g. a RayJob) the value 0 would
+# make this driver advertise 127.0.0.1 and keep workers on other nodes from joining.
+if not os.environ.get("RAY_ADDRESS"):
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Worker prints reach the driver once (Ray Train's print patch would log them twice).

@@ -63,17 +63,6 @@ class MNISTData:
     source: str = ""  # human-readable: which data this is and how it was split
 
 
-def add_data_args(parser):
-    """Add --data, --data-dir and --mnist-mirrors, defaulting to TRAIN_DATA, DATA_DIR, MNIST_MIRRORS."""
-    env = os.environ.get
-    parser.add_argument("--data", default=env(SOURCE_ENV, DEFAULT_SOURCE),
-                        help=f"{SOURCE_HELP} (env {SOURCE_ENV}; default {DEFAULT_SOURCE})")
-    parser.add_argument("--data-dir", default=env(DATA_DIR_ENV, DEFAULT_DATA_DIR),
-                        help=f"{DATA_DIR_HELP} (env {DATA_DIR_ENV}; default {DEFAULT_DATA_DIR})")
-    parser.add_argument("--mnist-mirrors", default=env(MIRRORS_ENV, ""),
-                        help=f"{MIRRORS_HELP} (env {MIRRORS_ENV})")
-
-
 def parse_mirrors(text):
     """'url1,url2' -> ['url1', 'url2']; empty -> None (the defaults)."""
     if not text:
