@@ -9,6 +9,9 @@ service, which preprocesses it and runs the model; the eval reads the page's ans
     python bench/handwriting_eval.py --model-uri model-store        # starts the service
     python bench/handwriting_eval.py --url http://127.0.0.1:8080    # a running one
 
+Writing is bound by the browser's input latency (each mouse move waits for a frame), not
+by CPU, so --jobs browsers write in parallel; the result does not depend on --jobs.
+
 Prints the accuracy, per variant and per digit, and writes everything (with the wrong
 answers' confusion) to bench/results/handwriting.json; --failures also saves a contact
 sheet of the wrong ones (what was drawn, and what the model saw).
@@ -17,8 +20,10 @@ import argparse
 import base64
 import io
 import json
+import multiprocessing
 import os
 import platform
+import signal
 import sys
 import time
 from collections import Counter
@@ -43,6 +48,7 @@ def parse_args():
     p.add_argument("--every-variant", action="store_true",
                    help="write every digit in every variant (5x the time); default: round robin")
     p.add_argument("--seed", type=int, default=0, help="seed for the size/position jitter")
+    p.add_argument("--jobs", type=int, default=2, help="browsers writing in parallel (default 2)")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "handwriting.json"))
     p.add_argument("--failures", action="store_true",
                    help="also save a contact sheet of the wrong answers next to --out")
@@ -67,7 +73,7 @@ def failure_sheet(records, images, path, columns=10):
 
     for k, r in enumerate(wrong):
         x, y = (k % columns) * 3 * tile, (k // columns) * (tile + 14)
-        sheet.paste(Image.fromarray(images[r["index"]]).convert("RGB").resize((tile, tile)), (x, y))
+        sheet.paste(Image.fromarray(images[r["id"]]).convert("RGB").resize((tile, tile)), (x, y))
         sheet.paste(from_data_url(r["pad"]).resize((tile, tile)), (x + tile, y))
         sheet.paste(from_data_url(r["preview"]).resize((tile, tile), Image.NEAREST), (x + 2 * tile, y))
         draw.text((x + 2, y + tile), f"{r['label']} read {r['read'] or '-'} ({r['variant']})", fill="black")
@@ -75,13 +81,32 @@ def failure_sheet(records, images, path, columns=10):
     return path
 
 
+def write_chunk(job):
+    """In a worker process: its own Chromium writes the digits ``ids`` on the page at ``url``."""
+    from playwright.sync_api import sync_playwright
+
+    url, count, ids, every_variant, seed, keep_failures, worker = job
+    images, labels, _ = validation_digits(count)
+    started = time.monotonic()
+
+    def progress(done, total):
+        print(f"  worker {worker}: {done}/{total} written, {time.monotonic() - started:.0f} s", flush=True)
+
+    with sync_playwright() as p:
+        browser = launch_browser(p)
+        records = replay_handwriting(browser, url, images[ids], labels[ids], ids=ids, every_variant=every_variant,
+                                     seed=seed, progress=progress, keep_failures=keep_failures)
+        browser.close()
+    return records
+
+
 def main():
     args = parse_args()
+    # Stopped with SIGTERM, still stop the service we started (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     images, labels, indices = validation_digits(args.count)
     print(f"handwriting eval: {len(images)} held-out digits, "
           f"{'every variant' if args.every_variant else 'one variant each (round robin)'}", flush=True)
-
-    from playwright.sync_api import sync_playwright
 
     service = None
     if args.url is None:
@@ -94,15 +119,11 @@ def main():
 
         with urllib.request.urlopen(f"{url}/model", timeout=10) as r:
             model = json.load(r)
-        with sync_playwright() as p:
-            browser = launch_browser(p)
-
-            def progress(done, total):
-                print(f"  {done}/{total} written, {time.monotonic() - started:.0f} s", flush=True)
-
-            records = replay_handwriting(browser, url, images, labels, every_variant=args.every_variant,
-                                         seed=args.seed, progress=progress, keep_failures=args.failures)
-            browser.close()
+        ids = list(range(len(images)))
+        jobs = [(url, args.count, ids[w::args.jobs], args.every_variant, args.seed, args.failures, w)
+                for w in range(args.jobs)]
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            records = [r for chunk in pool.map(write_chunk, jobs) for r in chunk]
     finally:
         if service is not None:
             service.stop()
@@ -119,7 +140,8 @@ def main():
         "variants": VARIANTS,
         "by_digit": by_digit,
         "confusions": dict(confusions.most_common()),
-        "wrong": [{k: r[k] for k in ("index", "label", "read", "variant")} | {"sample_index": int(indices[r["index"]])}
+        "jobs": args.jobs,
+        "wrong": [{k: r[k] for k in ("id", "label", "read", "variant")} | {"sample_index": int(indices[r["id"]])}
                   for r in records if r["read"] != str(r["label"])],
         "model_version": model.get("version"),
         "model_metrics": model.get("metrics"),

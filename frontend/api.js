@@ -44,28 +44,41 @@ export class Api {
   }
 
   async request(path, init, signal) {
-    const timeout = AbortSignal.timeout(this.timeoutMs);
-    const signals = signal ? [signal, timeout] : [timeout];
-    let response;
+    // One controller aborts the fetch for either reason: the caller's signal, or our timeout.
+    // (Plain code rather than AbortSignal.any/timeout, which older Safari lacks.)
+    const controller = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      controller.abort();
+    }, this.timeoutMs);
+    const forward = () => controller.abort();
+    signal?.addEventListener('abort', forward, { once: true });
     try {
-      response = await fetch(this.url(path), { ...init, signal: AbortSignal.any(signals) });
-    } catch (err) {
-      throw this.failure(err, signal, timeout);
+      let response;
+      try {
+        response = await fetch(this.url(path), { ...init, signal: controller.signal });
+      } catch (err) {
+        throw this.failure(err, signal, timedOut);
+      }
+      let body = null;
+      try {
+        body = await response.json();
+      } catch (err) {
+        if (controller.signal.aborted) throw this.failure(err, signal, timedOut);
+        // Not JSON: a proxy's error page, say. The status still tells what happened.
+      }
+      if (response.ok && body) return body;
+      throw errorFromResponse(response.status, body?.error);
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', forward);
     }
-    let body = null;
-    try {
-      body = await response.json();
-    } catch (err) {
-      if (signal?.aborted || timeout.aborted) throw this.failure(err, signal, timeout);
-      // Not JSON: a proxy's error page, say. The status still tells what happened.
-    }
-    if (response.ok && body) return body;
-    throw errorFromResponse(response.status, body?.error);
   }
 
-  failure(err, signal, timeout) {
-    if (signal?.aborted) return signal.reason ?? err;
-    if (timeout.aborted) {
+  failure(err, signal, timedOut) {
+    if (signal?.aborted) return err;
+    if (timedOut) {
       return new ApiError('timeout', `The server at ${this.where()} did not answer within ` +
                           `${Math.round(this.timeoutMs / 1000)} s.`);
     }

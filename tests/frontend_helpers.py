@@ -375,34 +375,36 @@ def validation_digits(count=1000, every=1):
     return images[indices], labels[indices].astype(int), indices
 
 
-def replay_handwriting(browser, url, images, labels, variants=VARIANTS, every_variant=False, seed=0,
-                       progress=None, keep_failures=False):
+def replay_handwriting(browser, url, images, labels, ids=None, variants=VARIANTS, every_variant=False,
+                       seed=0, progress=None, keep_failures=False):
     """Write each image on the page at ``url`` stroke by stroke with the mouse, press Predict,
-    and record what the page reads. Each digit is written in one variant (round robin), or in
-    all of them with ``every_variant``; size and position get a little seeded jitter.
+    and record what the page reads. Each digit is written in one variant (chosen by its id,
+    round robin), or in all of them with ``every_variant``; its size and position get a
+    little jitter seeded by (seed, id), so a digit is written the same way however the
+    digits are split between workers. ``ids`` default to 0..n-1.
 
-    Returns one dict per writing: index (into ``images``), label, read ('' when the page
-    showed an error instead), variant; with ``keep_failures`` also the pad and preview as
-    PNG data URLs for the wrong ones. ``progress(done, total)`` is called now and then.
+    Returns one dict per writing: id, label, read ('' when the page showed an error
+    instead), variant; with ``keep_failures`` also the pad and preview as PNG data URLs for
+    the wrong ones. ``progress(done, total)`` is called every 50 writings.
     """
-    rng = np.random.default_rng(seed)
+    ids = list(range(len(images))) if ids is None else [int(i) for i in ids]
     strokes = [mnist_to_strokes(image) for image in images]
-    plan = [(i, v) for i in range(len(images))
-            for v in (range(len(variants)) if every_variant else [i % len(variants)])]
-    jitter = {(i, v): (rng.uniform(0.9, 1.1), rng.uniform(-0.05, 0.05, size=2)) for i, v in plan}
+    plan = [(k, v) for k, id_ in enumerate(ids)
+            for v in (range(len(variants)) if every_variant else [id_ % len(variants)])]
     records = []
     for v, variant in enumerate(variants):
         context = browser.new_context(viewport={"width": 900, "height": 700})
         page = context.new_page()
         page.goto(f"{url}/?stroke={variant['stroke']}")
         page.get_by_test_id("pad").wait_for()
-        for i, _ in [(i, pv) for i, pv in plan if pv == v]:
-            record = {"index": i, "label": int(labels[i]), "variant": variant["name"]}
-            if strokes[i]:
-                scale, shift = jitter[(i, v)]
+        for k in [k for k, pv in plan if pv == v]:
+            record = {"id": ids[k], "label": int(labels[k]), "variant": variant["name"]}
+            if strokes[k]:
+                rng = np.random.default_rng([seed, ids[k], v])
+                scale, shift = rng.uniform(0.9, 1.1), rng.uniform(-0.05, 0.05, size=2)
                 center = (variant["center"][0] + shift[0], variant["center"][1] + shift[1])
                 page.keyboard.press("Escape")
-                draw_mouse(page, place(strokes[i], variant["size"] * scale, center))
+                draw_mouse(page, place(strokes[k], variant["size"] * scale, center))
                 page.get_by_test_id("predict").click()
                 record["read"] = wait_for_answer(page)
             else:
