@@ -141,7 +141,7 @@ def evaluate(model, images, labels, device, batch_size=1000):
     for i in range(0, len(images), batch_size):
         # np.array copies: Ray hands the arrays over read-only (zero-copy from its object store).
         x = torch.from_numpy(np.array(images[i:i + batch_size])).to(device).unsqueeze(1).float().div_(255)
-        y = torch.as_tensor(labels[i:i + batch_size], device=device).long()
+        y = torch.from_numpy(np.array(labels[i:i + batch_size])).to(device).long()
         logits = model(x)
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         p = logits.argmax(1)
