@@ -169,7 +169,10 @@ def main(argv=None):
     if data.test_x is not None:
         test_correct, _, _ = evaluate(model, data.test_x, data.test_y, torch.device("cpu"))
         metrics["test_accuracy"] = test_correct / len(data.test_y)
-    history = state["history"]
+    # The report covers every epoch: the latest checkpoint's history, not the best one's
+    # (the best can be an earlier epoch). Ray keeps the latest checkpoint for resume.
+    latest = result.checkpoint
+    history = load_checkpoint(latest)["history"] if latest is not None else state["history"]
     run_uri = f"{args.storage_path.rstrip('/')}/{run_name}"
     last = result.metrics or history[-1]
     summary = {**metrics, "val_acc": val_acc, "run_name": run_name, "epochs": args.epochs,
