@@ -359,6 +359,10 @@ def test_phone_touch_drawing_works_without_scrolling_the_page(browser, service):
         # A tap is a dot.
         tap_clear(page)
         page.touchscreen.tap(pad["x"] + pad["width"] / 2, pad["y"] + pad["height"] / 2)
+        # The dot is painted in an animation frame after the touch ends: wait for it.
+        deadline = time.monotonic() + 3
+        while pad_ink_fraction(page) <= 0.002 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert pad_ink_fraction(page) > 0.002
         assert page.console.errors() == []
     finally:
