@@ -377,13 +377,6 @@ def run_training(config, data, num_workers=2, use_gpu=False, storage_path="runs"
     return trainer.fit()
 
 
-def best_checkpoint(result):
-    """The best checkpoint of a finished run by val_acc (later epoch wins ties), or the latest."""
-    if result.best_checkpoints:
-        return max(result.best_checkpoints, key=lambda cm: (cm[1]["val_acc"], cm[1]["epoch"]))[0]
-    return result.checkpoint
-
-
 # The recipe. Defaults tuned for 2 CPU workers finishing in about 2.5 minutes.
 DEFAULT_CONFIG = {
     # Width 24 for 20 epochs fits the 3-minute budget of the default local run on 2 CPU
