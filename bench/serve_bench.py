@@ -25,7 +25,6 @@ import io
 import json
 import multiprocessing as mp
 import os
-import platform
 import random
 import shutil
 import socket
@@ -40,6 +39,9 @@ from PIL import Image, ImageDraw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import machine  # noqa: E402  bench/machine.py
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGETS = {"throughput_ratio_c8": 3.0, "p99_ms_c8": 25.0, "errors": 0, "cpu_ms_per_request": 1.5,
            "cold_start_s": 0.5}
@@ -352,13 +354,6 @@ def model_store(path):
     return store
 
 
-def machine():
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "load_average": os.getloadavg()}
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", default=os.path.join(ROOT, "model-store"),
@@ -381,7 +376,7 @@ def main():
 
     store = model_store(args.store)
     pngs = canvases(32)
-    results = {"machine": machine(), "store": store, "request": "POST /predict, JSON data URL of a 280x280 RGBA PNG",
+    results = {"machine": machine.describe(), "store": store, "request": "POST /predict, JSON data URL of a 280x280 RGBA PNG",
                "png_bytes_mean": round(statistics.mean(len(p) for p in pngs))}
     service_cmd = [sys.executable, "-m", "service"]
     threads = {"THREADS": str(args.threads)} if args.threads else {}

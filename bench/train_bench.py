@@ -24,19 +24,20 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
+import machine  # noqa: E402  bench/machine.py
 from training.__main__ import start_ray  # noqa: E402
 from training.data import load_mnist  # noqa: E402
 from training.train import DEFAULT_CONFIG, load_checkpoint, run_training  # noqa: E402
@@ -88,6 +89,7 @@ def main():
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     args = parser.parse_args()
 
+    speed = machine.describe()  # before Ray starts, so nothing else is running
     d = load_mnist(args.data)
     n = args.max_train_samples or len(d.train_y)
     data = {"train_x": d.train_x[:n], "train_y": d.train_y[:n], "val_x": d.val_x, "val_y": d.val_y}
@@ -101,8 +103,7 @@ def main():
     err = lambda r: 1 - r["final_val_acc"]  # noqa: E731
     report = {
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "load_avg_1m_at_end": os.getloadavg()[0]},
+        "machine": {**speed, "load_avg_1m_at_end": os.getloadavg()[0]},
         "data": {"source": d.source, "train": int(n), "val": int(len(d.val_y))},
         "budget_s": args.budget_s, "num_workers": args.num_workers, "ray_start_s": ray_start_s,
         "recipes": results,
