@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from conftest import ROOT
+from training.train import native_bf16
 
 pytestmark = pytest.mark.slow
 
@@ -58,6 +59,9 @@ def test_checkpoints_reach_directory_and_gcs_and_model_is_published(fake_gcs, tm
     out = run_cli("--epochs", "2", "--storage-path", str(runs),
                   "--checkpoint-mirror", f"gs://{bucket}/mirror", "--publish", str(store))
     assert epochs_trained(out) == [1, 2]
+    # The default precision, auto: bf16 autocast only where this CPU does bf16 natively.
+    expected = "bfloat16 autocast" if native_bf16(torch.device("cpu")) else "float32"
+    assert f"precision: {expected} on cpu" in out
     # No --run-name: a fresh, timestamped one.
     name = re.search(r"train: run (\S+) ->", out).group(1)
     assert re.fullmatch(r"digitdraw-\d{8}-\d{6}", name), name
@@ -99,7 +103,8 @@ def test_checkpoints_reach_directory_and_gcs_and_model_is_published(fake_gcs, tm
 def test_worker_failure_resumes_from_last_checkpoint_in_gcs_storage(fake_gcs, tmp_path):
     bucket = fake_gcs.make_bucket("ray-runs")
     out = run_cli("--epochs", "3", "--storage-path", f"gs://{bucket}/runs", "--run-name", "crash",
-                  "--max-failures", "1", "--publish", "none", env={"FAIL_AT_EPOCH": "2"})
+                  "--max-failures", "1", "--publish", "none", "--precision", "fp32", env={"FAIL_AT_EPOCH": "2"})
+    assert "precision: float32 on cpu" in out
     # Rank 1 died halfway through epoch 2; the new worker group started from epoch 1's checkpoint.
     assert f"gs://{bucket}/runs/crash/failure-injected-epoch-2" in "".join(
         f"gs://{bucket}/{name}" for name in gcs_blobs(bucket, "runs/crash/"))
@@ -146,7 +151,15 @@ def test_help_documents_every_flag_with_its_env_var():
              "--storage-path": "STORAGE_PATH", "--checkpoint-mirror": "CHECKPOINT_MIRROR", "--run-name": "RUN_NAME",
              "--publish": "PUBLISH_URIS", "--max-train-samples": "MAX_TRAIN_SAMPLES",
              "--promotion-margin": "PROMOTION_MARGIN", "--force-promote": "FORCE_PROMOTE",
-             "--max-failures": "MAX_FAILURES", "--keep-checkpoints": "KEEP_CHECKPOINTS", "--seed": "SEED"}
+             "--max-failures": "MAX_FAILURES", "--keep-checkpoints": "KEEP_CHECKPOINTS", "--seed": "SEED",
+             "--precision": "PRECISION"}
     for flag, env in flags.items():
         assert re.search(rf"{flag}\b", out), flag
         assert f"(env {env};" in out, env
+
+
+def test_unknown_precision_is_refused_before_anything_starts():
+    result = subprocess.run([sys.executable, "-m", "training", "--precision", "fp16"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0
+    assert "--precision 'fp16': use auto, bf16 or fp32" in result.stderr

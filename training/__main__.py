@@ -47,6 +47,8 @@ FLAGS = [
     ("--epochs", "EPOCHS", DEFAULT_CONFIG["epochs"], int, "training epochs (one-cycle schedule over all of them)"),
     ("--batch-size", "BATCH_SIZE", DEFAULT_CONFIG["batch_size"], int, "global batch size, split across workers"),
     ("--lr", "LR", DEFAULT_CONFIG["lr"], float, "peak learning rate of the one-cycle SGD schedule"),
+    ("--precision", "PRECISION", DEFAULT_CONFIG["precision"], str,
+     "auto (bfloat16 autocast on CPUs with AMX or AVX512-BF16, else float32), bf16 or fp32"),
     ("--num-workers", "NUM_WORKERS", 2, int, "Ray Train workers (DDP processes)"),
     ("--use-gpu", "USE_GPU", False, _bool, "one GPU per worker, NCCL instead of gloo"),
     ("--storage-path", "STORAGE_PATH", "runs", str,
@@ -122,6 +124,8 @@ def start_ray(num_workers, log):
 def main(argv=None):
     t0 = time.time()
     args = parse_args(argv)
+    if args.precision not in ("auto", "bf16", "fp32"):
+        sys.exit(f"error: --precision {args.precision!r}: use auto, bf16 or fp32")
     log = print
     run_name = args.run_name or f"digitdraw-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     mirror = None if args.checkpoint_mirror.lower() in ("", "none") else args.checkpoint_mirror
@@ -146,6 +150,7 @@ def main(argv=None):
 
     ray_start_s = start_ray(args.num_workers, log)
     config = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+              "precision": args.precision,
               "checkpoint_mirror": mirror, "fail_at_epoch": int(fail_at) if fail_at else None, "t0": t0}
     log(f"train: run {run_name} -> {args.storage_path.rstrip('/')}/{run_name}"
         + (f" (mirror {mirror.rstrip('/')}/{run_name})" if mirror else "")

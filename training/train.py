@@ -191,6 +191,20 @@ def _quiet_ray_train_logs():
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+def native_bf16(device):
+    """True where bfloat16 autocast makes training faster rather than slower: a CPU with
+    AMX or AVX512-BF16 instructions (Intel Sapphire Rapids and later, AMD Zen 4). Elsewhere
+    bf16 is emulated and slower than float32. GPUs stay on float32 under "auto"."""
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def train_loop_per_worker(config):
     """One Ray Train worker: DDP training with augmentation, a report + checkpoint every epoch."""
     import ray
@@ -216,6 +230,12 @@ def train_loop_per_worker(config):
         model = model.to(memory_format=torch.channels_last)  # faster oneDNN convolutions
     model = ray.train.torch.prepare_model(model)
     raw = model.module if hasattr(model, "module") else model  # unwrapped from DDP, for state dicts
+
+    # Mixed precision: bf16 matmuls and convolutions, float32 weights, optimizer and
+    # evaluation. On an AMX CPU a step takes about two thirds of the float32 time.
+    bf16 = config["precision"] == "bf16" or (config["precision"] == "auto" and native_bf16(device))
+    if rank == 0:
+        print(f"precision: {'bfloat16 autocast' if bf16 else 'float32'} on {device.type}", flush=True)
 
     per_worker_batch = max(1, config["batch_size"] // world)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(train_x, train_y),
@@ -272,7 +292,8 @@ def train_loop_per_worker(config):
                 x = augment(x)
             if device.type == "cpu":
                 x = x.contiguous(memory_format=torch.channels_last)
-            loss = F.cross_entropy(model(x), y, label_smoothing=config["label_smoothing"])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(model(x), y, label_smoothing=config["label_smoothing"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -392,6 +413,7 @@ DEFAULT_CONFIG = {
     "width": 24,
     "optimizer": "sgd",
     "augment": True,
+    "precision": "auto",        # bf16 autocast where the CPU does bf16 natively (native_bf16), else float32
     "fail_at_epoch": None,
     "checkpoint_mirror": None,
     "time_budget_s": None,      # stop after the epoch that passes this many seconds since t0 (benchmarks)
