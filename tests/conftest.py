@@ -101,7 +101,8 @@ def fake_gcs(tmp_path_factory):
 
 # Small enough to train in well under a minute on 2 cores, good enough that clearly
 # drawn digits are read correctly by the service and the browser tests.
-TEST_TRAIN_ARGS = ["--data", "bundled", "--num-workers", "2", "--epochs", "4"]
+TEST_TRAIN_ARGS = ["--data", "bundled", "--num-workers", "2", "--epochs", "4", "--max-train-samples", "9000",
+                   "--batch-size", "128", "--lr", "0.1"]
 
 
 @pytest.fixture(scope="session")

