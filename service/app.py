@@ -74,10 +74,11 @@ def create_app(config=None):
         app.metrics.observe_inference(time.perf_counter() - started, len(inputs))
         request.environ[MODEL_VERSION] = model.version
         predictions = []
-        for xi, p in zip(inputs, softmax(logits.astype(np.float64))):
+        probabilities = softmax(logits.astype(np.float64))
+        for xi, p, rounded in zip(inputs, probabilities, np.round(probabilities, 6).tolist()):
             digit = int(p.argmax())
-            result = {"digit": digit, "confidence": round(float(p[digit]), 6),
-                      "probabilities": [round(float(v), 6) for v in p], "model_version": model.version}
+            result = {"digit": digit, "confidence": rounded[digit], "probabilities": rounded,
+                      "model_version": model.version}
             if want_preview:
                 result["preview"] = preprocess.preview_data_url(xi)
             predictions.append(result)

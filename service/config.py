@@ -14,7 +14,7 @@ CORS_ORIGINS           (empty)              comma-separated origins allowed to c
 LOG_LEVEL              info                 debug, info, warning or error
 FRONTEND_DIR           <repo>/frontend      static files served at /
 WEB_CONCURRENCY        1                    gunicorn worker processes
-THREADS                4                    threads per worker (1 = gunicorn's sync worker)
+THREADS                2                    threads per worker (1 = gunicorn's sync worker)
 GRACEFUL_TIMEOUT       20                   seconds in-flight requests get to finish after SIGTERM
 =====================  ===================  ==============================================
 """
@@ -55,6 +55,6 @@ def load(env=None):
         "LOG_LEVEL": level,
         "FRONTEND_DIR": env.get("FRONTEND_DIR", "").strip() or os.path.join(ROOT, "frontend"),
         "WEB_CONCURRENCY": _int(env, "WEB_CONCURRENCY", 1, 1),
-        "THREADS": _int(env, "THREADS", 4, 1),
+        "THREADS": _int(env, "THREADS", 2, 1),
         "GRACEFUL_TIMEOUT": _int(env, "GRACEFUL_TIMEOUT", 20, 0),
     }
