@@ -55,6 +55,17 @@ class Server(BaseApplication):
 
             start_worker(self.application, worker.metrics_slot)
 
+        def worker_exit(server, worker):
+            # In the worker, on its way out (gunicorn calls this while its SystemExit
+            # propagates). A process forked after onnxruntime was imported hangs or aborts
+            # (SIGABRT, "std::system_error") in onnxruntime's C++ teardown at interpreter
+            # exit, so leave with the same status without running it. Every log line is
+            # already written: the handlers flush per record and request lines are os.write.
+            code = getattr(sys.exc_info()[1], "code", 1)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code if isinstance(code, int) else 1)
+
         settings = {
             "bind": [f"{host}:{c['PORT']}"],
             "workers": c["WEB_CONCURRENCY"],
@@ -71,6 +82,7 @@ class Server(BaseApplication):
             "logger_class": JsonLogger,
             "pre_fork": pre_fork,
             "post_fork": post_fork,
+            "worker_exit": worker_exit,
             "proc_name": "digitdraw",
             "control_socket_disable": True,  # no runtime control socket in $HOME, nothing to manage
         }

@@ -178,6 +178,12 @@ def test_sigterm_lets_the_in_flight_request_finish(store, tmp_path):
         assert server.proc.wait(timeout=30) == 0
         with pytest.raises(requests.ConnectionError):
             requests.get(server.url + "/healthz", timeout=2)
+    # The worker left cleanly too: onnxruntime's C++ teardown in a forked process used to
+    # abort it ("terminate called ...", SIGABRT) after the master had asked it to stop.
+    with open(server.log_path) as f:
+        raw = f.read()
+    assert "SIGABRT" not in raw and "terminate called" not in raw, raw[-2000:]
+    assert any(e["message"].startswith("Worker exiting") for e in server.logs())  # every line is JSON
 
 
 def test_help_and_configuration_errors():
