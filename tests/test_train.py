@@ -90,6 +90,8 @@ def test_checkpoints_reach_directory_and_gcs_and_model_is_published(fake_gcs, tm
     version = json.loads((store / "models" / "LATEST").read_text())["version"]
     meta = json.loads((store / "models" / version / "model.json").read_text())
     assert meta["run_name"] == name and meta["metrics"]["val_accuracy"] == report["summary"]["val_accuracy"]
+    # The recipe recorded is the one this run used, flags included (SMALL sets the batch).
+    assert meta["config"]["recipe"]["epochs"] == 2 and meta["config"]["recipe"]["batch_size"] == 64
 
     # The run directory is gone (new PVC): rerunning the name restores from the GCS mirror.
     shutil.rmtree(runs / name)

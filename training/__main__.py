@@ -206,7 +206,9 @@ def main(argv=None):
     log(f"export: {len(onnx_bytes):,} bytes of ONNX; ONNX Runtime matches torch within {diff:.1e}")
     meta = {"metrics": metrics, "data_source": data.source, "code_revision": code_revision(), "run_name": run_name,
             "config": {**{k: v for k, v in vars(args).items()}, "model": state["model_config"],
-                       "recipe": {k: v for k, v in DEFAULT_CONFIG.items() if k not in ("fail_at_epoch",)},
+                       # The recipe this run used: the defaults with the flags applied.
+                       "recipe": {k: v for k, v in {**DEFAULT_CONFIG, **config}.items()
+                                  if k not in ("fail_at_epoch", "checkpoint_mirror", "t0")},
                        "train_samples": int(len(train_y))}}
     result = publish(onnx_bytes, json.loads(json.dumps(meta, default=str)), stores, margin=args.promotion_margin,
                      force=args.force_promote, log=log)
