@@ -15,7 +15,6 @@ compare models on the same digits. Writes bench/results/mnist-test-<time>.json.
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -23,7 +22,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import machine  # noqa: E402  bench/machine.py
 from service.store import StoreError, load_verified, open_store  # noqa: E402
 from training.data import DATA_ERRORS, TEST_IMAGES, TEST_LABELS, read_pair  # noqa: E402
 
@@ -90,7 +91,7 @@ def main():
     out = args.out or os.path.join(ROOT, "bench", "results", time.strftime("mnist-test-%Y%m%dT%H%M%SZ.json", time.gmtime()))
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"machine": platform.node(), "test_digits": int(len(labels)), "models": results}, f, indent=1)
+        json.dump({"machine": machine.describe(), "test_digits": int(len(labels)), "models": results}, f, indent=1)
     print(f"results: {out}")
 
 

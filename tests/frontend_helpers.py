@@ -10,11 +10,13 @@
 """
 import math
 import os
-import subprocess
 import sys
 import tempfile
 
 import numpy as np
+
+from conftest import wait_http
+from service_helpers import ServiceProcess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRONTEND_DIR = os.path.join(ROOT, "frontend")
@@ -33,30 +35,17 @@ def launch_browser(playwright):
 
 # --- the real service --------------------------------------------------------------------
 
-class Service:
-    """``python -m service`` on 127.0.0.1, serving ``model_uri`` and the frontend; ready when /readyz is 200."""
+class Service(ServiceProcess):
+    """``python -m service`` on 127.0.0.1 serving ``model_uri`` and the frontend; ``start()``
+    returns once it is ready, and can be called again after ``stop()`` (same port)."""
 
     def __init__(self, model_uri, port=None, log_dir=None, env=None):
-        from conftest import free_port
-
-        self.model_uri = model_uri
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_dir = log_dir or tempfile.mkdtemp(prefix="digitdraw-service-")
-        self.extra_env = env or {}
-        self.proc = None
-        self.log = None
+        super().__init__(log_dir or tempfile.mkdtemp(prefix="digitdraw-service-"), port=port, start=False,
+                         MODEL_URI=model_uri, FRONTEND_DIR=FRONTEND_DIR, **(env or {}))
 
     def start(self, timeout=60, ready_path="/readyz"):
         """Start the service; return once ``ready_path`` answers 200 (use /healthz for a service without a model)."""
-        from conftest import wait_http
-
-        env = dict(os.environ, PORT=str(self.port), HOST="127.0.0.1", MODEL_URI=self.model_uri,
-                   FRONTEND_DIR=FRONTEND_DIR, MODEL_POLL_SECONDS="0")
-        env.update(self.extra_env)
-        self.log = open(os.path.join(self.log_dir, f"service-{self.port}.log"), "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        super().start()
         try:
             wait_http(f"{self.url}{ready_path}", timeout=timeout, proc=self.proc)
         except Exception:
@@ -64,27 +53,8 @@ class Service:
             raise RuntimeError(f"the service did not become ready; its log:\n{self.read_log()[-4000:]}")
         return self
 
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.log is not None:
-            self.log.close()
-            self.log = None
-
-    def read_log(self):
-        with open(os.path.join(self.log_dir, f"service-{self.port}.log"), "rb") as f:
-            return f.read().decode(errors="replace")
-
     def __enter__(self):
         return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 # --- reading the page --------------------------------------------------------------------

@@ -81,17 +81,27 @@ def latest_version(store_uri):
 
 
 class ServiceProcess:
-    """A real `python -m service` (gunicorn) on 127.0.0.1 with its logs in a file."""
+    """A real `python -m service` (gunicorn) on 127.0.0.1 with its logs in a file.
 
-    def __init__(self, tmp_path, **env):
-        self.port = free_port()
+    It starts at once unless ``start=False``; after ``stop()``, ``start()`` runs it again on
+    the same port, appending to the same log. ``env`` overrides the environment.
+    """
+
+    def __init__(self, tmp_path, port=None, start=True, **env):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = os.path.join(tmp_path, f"service-{self.port}.log")
-        full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "MODEL_POLL_SECONDS": "0",
+        self.env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "MODEL_POLL_SECONDS": "0",
                     "LOG_LEVEL": "info", **{k: str(v) for k, v in env.items()}}
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=full_env,
+        self.proc, self._log = None, None
+        if start:
+            self.start()
+
+    def start(self):
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=self.env,
                                      stdout=self._log, stderr=subprocess.STDOUT)
+        return self
 
     def wait_ready(self, timeout=60):
         wait_http(self.url + "/readyz", timeout=timeout, proc=self.proc)
@@ -100,6 +110,11 @@ class ServiceProcess:
     def wait_alive(self, timeout=60):
         wait_http(self.url + "/healthz", timeout=timeout, proc=self.proc)
         return self
+
+    def read_log(self):
+        """The log so far, as text."""
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
 
     def logs(self):
         """The JSON log lines so far (every line must be JSON)."""
@@ -116,6 +131,8 @@ class ServiceProcess:
         raise TimeoutError(f"no matching log line in {timeout}s; last lines: {self.logs()[-5:]}")
 
     def stop(self):
+        if self.proc is None:
+            return None
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -123,7 +140,9 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._log.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         return self.proc.returncode
 
     def __enter__(self):
