@@ -165,7 +165,7 @@ def test_auto_falls_back_to_bundled_when_no_mirror_answers(dead, tmp_path):
     logs = []
     data = load_mnist("auto", data_dir=tmp_path, mirrors=dead, log=logs.append, **FAST)
     assert data.source.startswith("bundled sample")
-    assert len(data.train_y) == 9000 and len(data.val_y) == 1000 and data.test_x is None
+    assert len(data.train_y) == 29000 and len(data.val_y) == 1000 and data.test_x is None
     choice = [line for line in logs if "auto uses the bundled sample" in line]
     assert len(choice) == 1 and dead in choice[0]
 
