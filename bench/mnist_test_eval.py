@@ -91,7 +91,8 @@ def main():
     out = args.out or os.path.join(ROOT, "bench", "results", time.strftime("mnist-test-%Y%m%dT%H%M%SZ.json", time.gmtime()))
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"machine": machine.describe(), "test_digits": int(len(labels)), "models": results}, f, indent=1)
+        json.dump({"machine": machine.describe(gauge=False), "test_digits": int(len(labels)), "models": results}, f,
+                  indent=1)
     print(f"results: {out}")
 
 

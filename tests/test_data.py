@@ -302,6 +302,10 @@ def test_make_sample_takes_the_first_digits_shuffled_and_is_reproducible(tmp_pat
     import subprocess
     import sys
 
+    def make_sample(out, count):
+        cmd = [sys.executable, "-m", "training.make_sample", str(source), str(out), "--count", str(count)]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(SAMPLE)))
+
     source = tmp_path / "official"
     source.mkdir()
     x, y = read_idx(os.path.join(SAMPLE, FILES[0] + ".gz")), read_idx(os.path.join(SAMPLE, FILES[1] + ".gz"))
@@ -309,14 +313,12 @@ def test_make_sample_takes_the_first_digits_shuffled_and_is_reproducible(tmp_pat
     write_idx(source / FILES[1], y[:3000])
     outputs = []
     for name in ("a", "b"):
-        subprocess.run([sys.executable, "-m", "training.make_sample", str(source), str(tmp_path / name),
-                        "--count", "1000"], check=True, capture_output=True, cwd=os.path.dirname(os.path.dirname(SAMPLE)))
+        assert make_sample(tmp_path / name, 1000).returncode == 0
         outputs.append([(tmp_path / name / (f + ".gz")).read_bytes() for f in FILES[:2]])
     assert outputs[0] == outputs[1]  # byte for byte: no timestamps, fixed shuffle
     sx, sy = read_idx(tmp_path / "a" / (FILES[0] + ".gz")), read_idx(tmp_path / "a" / (FILES[1] + ".gz"))
     assert sx.shape == (1000, 28, 28) and not np.array_equal(sx, x[:1000])  # shuffled
     order = [x[:1000].tobytes().find(d.tobytes()) // 784 for d in sx]  # where each digit came from
     assert sorted(order) == list(range(1000)) and np.array_equal(sy, y[:1000][order])
-    too_many = subprocess.run([sys.executable, "-m", "training.make_sample", str(source), str(tmp_path / "c"),
-                               "--count", "5000"], capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(SAMPLE)))
+    too_many = make_sample(tmp_path / "c", 5000)
     assert too_many.returncode == 2 and "fewer than --count 5,000" in too_many.stderr
