@@ -1,7 +1,7 @@
 """The Flask application: prediction API, health, metrics, Open Inference Protocol and the frontend.
 
 ``create_app(config)`` builds the app; ``config`` overrides the environment (see
-service/config.py). ``python -m service`` serves it with gunicorn.
+service/config.py). ``python -m service`` serves it with Granian.
 """
 import json
 import logging
@@ -162,7 +162,8 @@ def create_app(config=None):
                                         "message": "the server failed on this request; it has been logged"}}, 500)
 
     routes = sorted({rule.rule for rule in app.url_map.iter_rules()})
-    slots = 2 * cfg["WEB_CONCURRENCY"] + 2  # room for a graceful reload's second set of workers
+    # Room for the main process, the workers and a reload's second set of workers.
+    slots = 2 * cfg["WEB_CONCURRENCY"] + 2
     app.metrics = Metrics(routes, slots)
 
     def route_of(path):  # the metrics label: the route that serves this path
@@ -177,12 +178,12 @@ def create_app(config=None):
     return app
 
 
-def start_worker(app, slot=0):
+def start_worker(app):
     """Per worker process, after fork: take a metrics slot and start loading the model.
 
     A model on local disk is loaded before the worker takes its first request, so a cold
     start never answers 503; a remote store loads in the background (healthz answers
     meanwhile) and retries there if the first attempt fails.
     """
-    app.metrics.use_slot(slot)
+    app.metrics.claim_slot()
     app.model_holder.start(first_attempt_inline=app.model_holder.is_local)

@@ -13,8 +13,8 @@ MAX_BATCH              64                   most images in one batch request (41
 CORS_ORIGINS           (empty)              comma-separated origins allowed to call the API, or *
 LOG_LEVEL              info                 debug, info, warning or error
 FRONTEND_DIR           <repo>/frontend      static files served at /
-WEB_CONCURRENCY        1                    gunicorn worker processes
-THREADS                2                    threads per worker (1 = gunicorn's sync worker)
+WEB_CONCURRENCY        1                    worker processes
+THREADS                1                    Python threads per worker that run requests
 GRACEFUL_TIMEOUT       20                   seconds in-flight requests get to finish after SIGTERM
 =====================  ===================  ==============================================
 """
@@ -55,6 +55,6 @@ def load(env=None):
         "LOG_LEVEL": level,
         "FRONTEND_DIR": env.get("FRONTEND_DIR", "").strip() or os.path.join(ROOT, "frontend"),
         "WEB_CONCURRENCY": _int(env, "WEB_CONCURRENCY", 1, 1),
-        "THREADS": _int(env, "THREADS", 2, 1),
-        "GRACEFUL_TIMEOUT": _int(env, "GRACEFUL_TIMEOUT", 20, 0),
+        "THREADS": _int(env, "THREADS", 1, 1),
+        "GRACEFUL_TIMEOUT": _int(env, "GRACEFUL_TIMEOUT", 20, 1),
     }

@@ -7,6 +7,7 @@ machinery (see request_line): it is written on every request.
 """
 import json
 import logging
+import logging.config
 import os
 import sys
 import time
@@ -34,13 +35,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def dict_config(level="INFO"):
+    """The logging configuration (for logging.config.dictConfig): every logger, ours and
+    the server's, through one JSON handler on stderr."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "json"}},
+        "root": {"handlers": ["stderr"], "level": level},
+        # Granian's own loggers: through the root handler like the rest.
+        "loggers": {"_granian": {"handlers": [], "propagate": True},
+                    "granian.access": {"handlers": [], "propagate": True}},
+    }
+
+
 def setup(level="INFO"):
-    """Send every logger (ours, gunicorn's, werkzeug's) through one JSON handler on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    """Send every logger (ours, Granian's, werkzeug's) through one JSON handler on stderr."""
+    logging.config.dictConfig(dict_config(level))
     global _request_log_enabled
     _request_log_enabled = logging.getLogger("service.request").isEnabledFor(logging.INFO)
 

@@ -1,6 +1,6 @@
-"""Prometheus metrics for the whole server, shared by every gunicorn worker.
+"""Prometheus metrics for the whole server, shared by every worker process.
 
-The numbers live in an anonymous shared memory map made before gunicorn forks its
+The numbers live in an anonymous shared memory map made before the server forks its
 workers. Each worker writes only to its own slot and /metrics adds the slots up, so
 whichever worker answers a scrape reports the totals of the whole server, and a worker
 that replaces a dead one takes over its slot and keeps counting from there.
@@ -12,6 +12,7 @@ few arrays.
 """
 import bisect
 import mmap
+import multiprocessing
 import os
 import threading
 
@@ -51,10 +52,22 @@ class Metrics:
             self._arrays[k] = floats[:, offset:offset + sizes[k]].reshape((slots,) + shape)
             offset += sizes[k]
         self._lock = threading.Lock()
+        self._claim_lock = multiprocessing.Lock()  # shared by the forked workers
         self.use_slot(0)
 
+    def claim_slot(self):
+        """Call in each worker after fork: take a slot no live process holds (a worker that
+        replaces a dead one takes over its slot and keeps counting from there)."""
+        # A worker killed while holding the lock would hold it forever; never wait long.
+        locked = self._claim_lock.acquire(timeout=2)
+        try:
+            self.use_slot(min(set(range(self.slots)) - set(self._live_slots()), default=0))
+        finally:
+            if locked:
+                self._claim_lock.release()
+
     def use_slot(self, slot):
-        """Call in each worker after fork: this process writes to ``slot`` from now on."""
+        """This process writes to ``slot`` from now on."""
         self.slot = slot
         self._a = {k: v[slot] for k, v in self._arrays.items()}
         self._a["pid"][0] = os.getpid()

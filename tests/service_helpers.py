@@ -81,7 +81,7 @@ def latest_version(store_uri):
 
 
 class ServiceProcess:
-    """A real `python -m service` (gunicorn) on 127.0.0.1 with its logs in a file.
+    """A real `python -m service` (Granian) on 127.0.0.1 with its logs in a file.
 
     It starts at once unless ``start=False``; after ``stop()``, ``start()`` runs it again on
     the same port, appending to the same log. ``env`` overrides the environment.

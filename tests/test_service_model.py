@@ -1,6 +1,7 @@
 """Model loading in a real `python -m service`: from a directory and from gs:// on
 fake-gcs-server, not ready until the store is reachable, corrupt models refused, hot
-swap under concurrent load with no failed request, and a graceful SIGTERM."""
+swap under concurrent load with no failed request, a graceful SIGTERM, and a killed
+worker replaced."""
 import json
 import os
 import shutil
@@ -178,12 +179,47 @@ def test_sigterm_lets_the_in_flight_request_finish(store, tmp_path):
         assert server.proc.wait(timeout=30) == 0
         with pytest.raises(requests.ConnectionError):
             requests.get(server.url + "/healthz", timeout=2)
-    # The worker left cleanly too: onnxruntime's C++ teardown in a forked process used to
-    # abort it ("terminate called ...", SIGABRT) after the master had asked it to stop.
+    # The worker left cleanly and by itself: onnxruntime's C++ teardown in a forked process
+    # can abort it ("terminate called ...", SIGABRT), and a worker that does not stop in
+    # GRACEFUL_TIMEOUT is killed.
     with open(server.log_path) as f:
         raw = f.read()
     assert "SIGABRT" not in raw and "terminate called" not in raw, raw[-2000:]
-    assert any(e["message"].startswith("Worker exiting") for e in server.logs())  # every line is JSON
+    messages = [e["message"] for e in server.logs()]  # every line is JSON
+    assert "Stopped worker-1" in messages and not any("Killing" in m or "Unexpected" in m for m in messages)
+
+
+def worker_pids(pid):
+    """The server's worker processes: the children of its main process."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return sorted(int(p) for p in f.read().split())
+
+
+def test_a_killed_worker_is_replaced_and_keeps_its_counts(store, tmp_path):
+    with ServiceProcess(str(tmp_path), MODEL_URI=store, WEB_CONCURRENCY=2) as server:
+        server.wait_ready()
+        for _ in range(6):
+            assert predict(server.url).status_code == 200
+        first = worker_pids(server.proc.pid)
+        assert len(first) == 2
+        os.kill(first[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the replacement starts and loads the model
+            time.sleep(0.2)
+            try:  # each worker has its own listening socket: what was queued on the dead one is reset
+                info = requests.get(server.url + "/metrics", timeout=5).text
+            except requests.ConnectionError:
+                continue
+            now = worker_pids(server.proc.pid)
+            if len(now) == 2 and first[0] not in now and info.count("digitdraw_model_info{") == 2:
+                break
+        else:
+            raise AssertionError(f"no replacement worker in 30 s: {worker_pids(server.proc.pid)}")
+        assert predict(server.url).status_code == 200
+        # The new worker took over the dead one's metrics slot: no request is forgotten.
+        metrics = requests.get(server.url + "/metrics", timeout=5).text
+        assert 'digitdraw_requests_total{route="/predict",status="200"} 7' in metrics
+    assert any(e["message"].startswith("Respawning worker") for e in server.logs())
 
 
 def test_help_and_configuration_errors():
