@@ -5,7 +5,9 @@ original Flask-dev-server + torch app) it measures:
   - cold start: process launch -> first 200 on POST /predict, model on local disk;
   - throughput posting 280x280 canvas PNGs (JSON data URLs, as the frontend sends them)
     at concurrency 1 and 8, with one load generator for both: one client process per
-    connection, raw sockets, keep-alive; requests/s, p50/p99 latency and errors;
+    connection, raw sockets, keep-alive; requests/s, p50/p99 latency and errors. Both
+    servers run at once and take turns, --rounds times each, and each figure is the
+    median of those rounds, so the machine's drift hits both alike;
   - server CPU time per request: user+sys of every server process (/proc), divided by
     the requests answered in the same window;
   - peak RSS (VmHWM summed over the server's processes) and PSS.
@@ -13,7 +15,7 @@ For the service alone it also measures one worker pinned to one core (taskset), 
 is the capacity per Knative pod, and the installed size of service/requirements.txt in
 a fresh virtual environment (it stands in for the image size).
 
-    python bench/serve_bench.py                 # the full run, about 3 minutes
+    python bench/serve_bench.py                 # the full run, about 6 minutes
     python bench/serve_bench.py --quick         # shorter phases, no fresh venv
 
 Results go to bench/results/serve-<UTC time>.json. The machine's other load shows up
@@ -280,6 +282,47 @@ def measure_server(name, cmd, env, pngs, args, concurrencies, cold_runs, client_
     return result
 
 
+def measure_interleaved(servers, pngs, args, concurrencies):
+    """Throughput of several servers, all started at once and loaded in turn: for each
+    concurrency, ``args.rounds`` rounds of one load phase per server, so the machine's
+    drift (this VM's speed wanders by 1.5x within minutes) hits every server alike.
+    ``servers`` maps a name to (command, env)."""
+    running = {}
+    try:
+        for name, (cmd, env) in servers.items():
+            running[name] = Server(cmd, env)
+        for s in running.values():
+            s.wait_first_prediction(pngs[0])
+        results = {name: {"command": " ".join(cmd), "env": env} for name, (cmd, env) in servers.items()}
+        for c in concurrencies:
+            phases = {name: [] for name in running}
+            for r in range(args.rounds):
+                for name, s in running.items():
+                    print(f"{name}: concurrency {c} for {args.duration}s (round {r + 1}/{args.rounds}) ...", flush=True)
+                    phases[name].append(load(s.port, pngs, c, args.duration, args.warmup, s.pids))
+                    print(f"  {phases[name][-1]}", flush=True)
+            for name in running:
+                results[name][f"c{c}"] = median_phase(phases[name])
+        for name, s in running.items():
+            results[name]["peak_rss_mib"], results[name]["pss_mib"] = memory_mib(s.pids())
+            results[name]["processes"] = len(s.pids())
+        return results
+    finally:
+        for s in running.values():
+            s.stop()
+
+
+def median_phase(phases):
+    """One figure per metric from several load phases: the median, with errors and
+    requests summed over all of them and every phase kept under ``rounds``."""
+    out = {"concurrency": phases[0]["concurrency"], "duration_s": phases[0]["duration_s"],
+           "requests": sum(p["requests"] for p in phases), "errors": sum(p["errors"] for p in phases)}
+    for key in ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_ms_per_request"):
+        out[key] = round(statistics.median(p[key] for p in phases), 3)
+    out["rounds"] = phases
+    return out
+
+
 # ---- installed size of the serving dependencies ---------------------------------------------
 
 def venv_size(requirements):
@@ -365,14 +408,16 @@ def main():
                     help="service WEB_CONCURRENCY for the main run (default: the number of cores)")
     ap.add_argument("--threads", type=int, default=None,
                     help="service THREADS for the main and pinned runs (default: the service's default)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="load phases per server and concurrency, taken in turn; figures are their medians (default 3)")
     ap.add_argument("--cold-runs", type=int, default=5, help="cold starts of the service to take the median of")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--skip-deps", action="store_true", help="skip the fresh-venv install size")
-    ap.add_argument("--quick", action="store_true", help="3 s phases, 3 cold starts, no fresh venv")
+    ap.add_argument("--quick", action="store_true", help="3 s phases, 1 round, 3 cold starts, no fresh venv")
     ap.add_argument("--out", default=None, help="result file (default bench/results/serve-<time>.json)")
     args = ap.parse_args()
     if args.quick:
-        args.duration, args.warmup, args.cold_runs, args.skip_deps = 3, 1, 3, True
+        args.duration, args.warmup, args.cold_runs, args.rounds, args.skip_deps = 3, 1, 3, 1, True
 
     store = model_store(args.store)
     pngs = canvases(32)
@@ -382,10 +427,16 @@ def main():
     threads = {"THREADS": str(args.threads)} if args.threads else {}
     base_env = {"MODEL_URI": store, "MODEL_POLL_SECONDS": "0", "LOG_LEVEL": "warning"}
 
-    # The service: cold start as deployed (one worker), throughput with a worker per core.
-    results["service"] = measure_server(
-        "service", service_cmd, {**base_env, "WEB_CONCURRENCY": str(args.workers), **threads},
-        pngs, args, [1, 8], 0)
+    # Throughput: the service with a worker per core and the original app, loaded in turn.
+    servers = {"service": (service_cmd, {**base_env, "WEB_CONCURRENCY": str(args.workers), **threads})}
+    if not args.skip_baseline:
+        weights = os.path.join(tempfile.mkdtemp(prefix="baseline-"), "net.pt")
+        subprocess.run([sys.executable, "bench/baseline_app/app.py", "--make-weights", weights], cwd=ROOT, check=True)
+        baseline_cmd = [sys.executable, "bench/baseline_app/app.py", "--weights", weights, "--port", "{port}"]
+        servers["baseline"] = (baseline_cmd, {})
+    results.update(measure_interleaved(servers, pngs, args, [1, 8]))
+
+    # Cold start as deployed: one worker.
     results["service"]["cold_start_s"] = measure_server(
         "service (1 worker)", service_cmd, {**base_env, "WEB_CONCURRENCY": "1"}, pngs, args, [], args.cold_runs
     )["cold_start_s"]
@@ -398,11 +449,8 @@ def main():
             client_cpus=set(range(1, os.cpu_count())))
 
     if not args.skip_baseline:
-        weights = os.path.join(tempfile.mkdtemp(prefix="baseline-"), "net.pt")
-        subprocess.run([sys.executable, "bench/baseline_app/app.py", "--make-weights", weights], cwd=ROOT, check=True)
-        results["baseline"] = measure_server(
-            "baseline", [sys.executable, "bench/baseline_app/app.py", "--weights", weights, "--port", "{port}"],
-            {}, pngs, args, [1, 8], max(1, min(3, args.cold_runs)))
+        results["baseline"]["cold_start_s"] = measure_server(
+            "baseline", baseline_cmd, {}, pngs, args, [], max(1, min(3, args.cold_runs)))["cold_start_s"]
         s, b = results["service"], results["baseline"]
         results["ratios"] = {
             "requests_per_s_c1": round(s["c1"]["requests_per_s"] / b["c1"]["requests_per_s"], 2),
