@@ -404,13 +404,16 @@ def main():
                          "a quick model is trained if it has none)")
     ap.add_argument("--duration", type=float, default=10, help="seconds measured per load phase (default 10)")
     ap.add_argument("--warmup", type=float, default=1.5, help="seconds of unmeasured load first (default 1.5)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count(),
-                    help="service WEB_CONCURRENCY for the main run (default: the number of cores)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="service WEB_CONCURRENCY for the main run (default 1, as deployed: one process per pod)")
     ap.add_argument("--threads", type=int, default=None,
                     help="service THREADS for the main and pinned runs (default: the service's default)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="load phases per server and concurrency, taken in turn; figures are their medians (default 3)")
     ap.add_argument("--cold-runs", type=int, default=5, help="cold starts of the service to take the median of")
+    ap.add_argument("--also", action="append", default=[], metavar="NAME=COMMAND",
+                    help="another server to load in turn with the others, e.g. an older checkout: "
+                         "'old=env -C ../old python -m service' (same environment as the service)")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--skip-deps", action="store_true", help="skip the fresh-venv install size")
     ap.add_argument("--quick", action="store_true", help="3 s phases, 1 round, 3 cold starts, no fresh venv")
@@ -434,6 +437,9 @@ def main():
         subprocess.run([sys.executable, "bench/baseline_app/app.py", "--make-weights", weights], cwd=ROOT, check=True)
         baseline_cmd = [sys.executable, "bench/baseline_app/app.py", "--weights", weights, "--port", "{port}"]
         servers["baseline"] = (baseline_cmd, {})
+    for spec in args.also:
+        name, _, cmd = spec.partition("=")
+        servers[name] = (cmd.split(), servers["service"][1])
     results.update(measure_interleaved(servers, pngs, args, [1, 8]))
 
     # Cold start as deployed: one worker.
@@ -506,6 +512,11 @@ def summary(r):
             f"  c{c}: {p[f'c{c}']['requests_per_s']} req/s, p50 {p[f'c{c}']['p50_ms']} ms, "
             f"p99 {p[f'c{c}']['p99_ms']} ms, errors {p[f'c{c}']['errors']}, "
             f"cpu {p[f'c{c}']['server_cpu_ms_per_request']} ms/req" for c in (1, 2, 4, 8))
+    for name, o in r.items():  # servers added with --also
+        if isinstance(o, dict) and "c8" in o and name not in ("service", "baseline", "service_pinned_1_core"):
+            text += "\n" + name + ": " + "; ".join(
+                f"c{c} {o[f'c{c}']['requests_per_s']} req/s, p99 {o[f'c{c}']['p99_ms']} ms, "
+                f"cpu {o[f'c{c}']['server_cpu_ms_per_request']} ms/req" for c in (1, 8))
     if "ratios" in r:
         text += "\n\nratios (service / baseline): " + json.dumps(r["ratios"])
     text += "\ntargets: " + json.dumps(r["targets"])
