@@ -9,7 +9,6 @@ import json
 import logging
 import logging.config
 import os
-import sys
 import time
 
 _request_log_enabled = True
