@@ -23,6 +23,11 @@ import tempfile
 
 MODELS = "models"
 LATEST = f"{MODELS}/LATEST"
+# How long one GCS call retries transient errors (connection refused, 5xx, timeouts)
+# before it reports the store unreachable. The client's own default is 120 s, which kept
+# an unreachable bucket silent for two minutes; the service's loader retries with backoff
+# on top of this, and a publisher's caller sees the failure while it can still act.
+GCS_RETRY_SECONDS = 15
 
 
 class StoreError(Exception):
@@ -132,6 +137,7 @@ class GCSStore:
         self.bucket_name, self.prefix = bucket, prefix
         self.uri = f"gs://{bucket}/{prefix}".rstrip("/")
         self._bucket = None
+        self._retry = None
 
     def _blob_name(self, key):
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -139,6 +145,9 @@ class GCSStore:
     def _get_bucket(self):
         if self._bucket is None:
             from google.cloud import storage  # lazy: a 0.3 s import the local store never needs
+            from google.cloud.storage.retry import DEFAULT_RETRY
+
+            self._retry = DEFAULT_RETRY.with_timeout(GCS_RETRY_SECONDS)
 
             if os.environ.get("STORAGE_EMULATOR_HOST"):
                 from google.auth.credentials import AnonymousCredentials
@@ -175,7 +184,8 @@ class GCSStore:
         from google.api_core import exceptions as gexc
 
         try:
-            list(self._get_bucket().client.list_blobs(self.bucket_name, max_results=1, timeout=30))
+            bucket = self._get_bucket()
+            list(bucket.client.list_blobs(self.bucket_name, max_results=1, timeout=30, retry=self._retry))
         except gexc.NotFound:
             return False
         except Exception:  # can't tell: report the original 404 as a missing object
@@ -185,26 +195,26 @@ class GCSStore:
     def read_bytes(self, key):
         name = self._blob_name(key)
         return self._call(f"gs://{self.bucket_name}/{name}",
-                          lambda: self._get_bucket().blob(name).download_as_bytes(timeout=30))
+                          lambda: self._get_bucket().blob(name).download_as_bytes(timeout=30, retry=self._retry))
 
     def write_bytes(self, key, data):
         """Write a new object; never overwrites (if_generation_match=0)."""
         name = self._blob_name(key)
         self._call(f"upload gs://{self.bucket_name}/{name}",
                    lambda: self._get_bucket().blob(name).upload_from_string(
-                       data, if_generation_match=0, timeout=120))
+                       data, if_generation_match=0, timeout=120, retry=self._retry))
 
     def read_latest(self):
         name = self._blob_name(LATEST)
 
         def read():
-            blob = self._get_bucket().get_blob(name, timeout=30)
+            blob = self._get_bucket().get_blob(name, timeout=30, retry=self._retry)
             if blob is None:  # get_blob hides the 404, also for a missing bucket
                 if not self._bucket_exists():
                     raise StoreUnreachable(f"gs://{self.bucket_name}/{name}: bucket gs://{self.bucket_name} "
                                            "does not exist")
                 return None, None
-            raw = blob.download_as_bytes(if_generation_match=blob.generation, timeout=30)
+            raw = blob.download_as_bytes(if_generation_match=blob.generation, timeout=30, retry=self._retry)
             return _parse_pointer(raw, f"gs://{self.bucket_name}/{name}"), blob.generation
 
         return self._call(f"gs://{self.bucket_name}/{name}", read)
@@ -214,13 +224,14 @@ class GCSStore:
         self._call(f"move gs://{self.bucket_name}/{name}",
                    lambda: self._get_bucket().blob(name).upload_from_string(
                        _dump_pointer(pointer), content_type="application/json",
-                       if_generation_match=expected_token or 0, timeout=30))
+                       if_generation_match=expected_token or 0, timeout=30, retry=self._retry))
 
     def list_versions(self):
         prefix = self._blob_name(MODELS) + "/"
 
         def names():
-            it = self._get_bucket().client.list_blobs(self.bucket_name, prefix=prefix, delimiter="/")
+            it = self._get_bucket().client.list_blobs(self.bucket_name, prefix=prefix, delimiter="/",
+                                                      retry=self._retry)
             list(it)  # the prefixes are filled in while iterating
             return sorted(p[len(prefix):].strip("/") for p in it.prefixes)
 

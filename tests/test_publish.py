@@ -9,6 +9,7 @@ import concurrent.futures
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ import uuid
 import pytest
 
 from publish_helpers import meta_for, overwrite, tiny_onnx
-from service.store import (PointerConflict, StoreError, StoreNotFound, StoreUnreachable, load_verified,
+from service.store import (GCS_RETRY_SECONDS, PointerConflict, StoreError, StoreNotFound, StoreUnreachable, load_verified,
                            open_store, sha256_hex)
 from training.publish import publish
 
@@ -238,6 +239,22 @@ def test_missing_bucket_is_unreachable(fake_gcs):
     # The service's first call reports it too, rather than "no model yet".
     with pytest.raises(StoreUnreachable, match="does not exist"):
         open_store(uri).read_latest()
+
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed when this returns: connections are refused
+
+
+def test_unreachable_gcs_host_is_reported_after_a_bounded_retry(monkeypatch):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{closed_port()}")
+    uri = "gs://some-bucket/models-prefix"
+    with pytest.raises(StoreUnreachable, match="cannot reach GCS") as err:
+        publish(tiny_onnx("x"), meta_for(0.99), [uri], log=quiet())
+    assert uri in str(err.value)
+    # The client's own default retries for 120 s; the store gives up after GCS_RETRY_SECONDS.
+    assert f"Timeout of {float(GCS_RETRY_SECONDS)}s exceeded" in str(err.value)
 
 
 def test_missing_object_in_bucket_named_bucket_is_not_found(fake_gcs):

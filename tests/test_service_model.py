@@ -80,6 +80,20 @@ def test_not_ready_until_the_gcs_bucket_exists(fake_gcs, trained_store, tmp_path
         assert predict(server.url).json()["model_version"] == version
 
 
+def test_unreachable_gcs_host_is_logged_and_not_ready(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again below: connections to it are refused
+    with ServiceProcess(str(tmp_path), MODEL_URI="gs://some-bucket/models",
+                        STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{port}") as server:
+        server.wait_alive()
+        # One attempt gives up after the store's bounded retry (the client alone took 2 min).
+        waiting = server.wait_log(lambda e: e.get("logger") == "service.model" and "retrying" in e["message"],
+                                  timeout=60)
+        assert "cannot reach GCS" in waiting[0]["message"] and "gs://some-bucket" in waiting[0]["message"]
+        assert requests.get(server.url + "/readyz").status_code == 503
+
+
 def test_not_ready_until_the_directory_appears(trained_store, tmp_path):
     later = tmp_path / "mounted-later"
     with ServiceProcess(str(tmp_path), MODEL_URI=str(later)) as server:
