@@ -430,7 +430,7 @@ def main():
     threads = {"THREADS": str(args.threads)} if args.threads else {}
     base_env = {"MODEL_URI": store, "MODEL_POLL_SECONDS": "0", "LOG_LEVEL": "warning"}
 
-    # Throughput: the service with a worker per core and the original app, loaded in turn.
+    # Throughput: the service (--workers, default one as deployed) and the original app, loaded in turn.
     servers = {"service": (service_cmd, {**base_env, "WEB_CONCURRENCY": str(args.workers), **threads})}
     if not args.skip_baseline:
         weights = os.path.join(tempfile.mkdtemp(prefix="baseline-"), "net.pt")

@@ -16,6 +16,7 @@ cold start short. With ``STORAGE_EMULATOR_HOST`` set, the GCS client talks to an
 emulator (fake-gcs-server) instead of Google.
 """
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -28,6 +29,14 @@ LATEST = f"{MODELS}/LATEST"
 # an unreachable bucket silent for two minutes; the service's loader retries with backoff
 # on top of this, and a publisher's caller sees the failure while it can still act.
 GCS_RETRY_SECONDS = 15
+
+
+@functools.cache
+def _retry():
+    """The retry policy of every GCS call: the client's own, cut to GCS_RETRY_SECONDS."""
+    from google.cloud.storage.retry import DEFAULT_RETRY  # lazy, like the client
+
+    return DEFAULT_RETRY.with_timeout(GCS_RETRY_SECONDS)
 
 
 class StoreError(Exception):
@@ -137,7 +146,6 @@ class GCSStore:
         self.bucket_name, self.prefix = bucket, prefix
         self.uri = f"gs://{bucket}/{prefix}".rstrip("/")
         self._bucket = None
-        self._retry = None
 
     def _blob_name(self, key):
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -145,9 +153,6 @@ class GCSStore:
     def _get_bucket(self):
         if self._bucket is None:
             from google.cloud import storage  # lazy: a 0.3 s import the local store never needs
-            from google.cloud.storage.retry import DEFAULT_RETRY
-
-            self._retry = DEFAULT_RETRY.with_timeout(GCS_RETRY_SECONDS)
 
             if os.environ.get("STORAGE_EMULATOR_HOST"):
                 from google.auth.credentials import AnonymousCredentials
@@ -184,8 +189,7 @@ class GCSStore:
         from google.api_core import exceptions as gexc
 
         try:
-            bucket = self._get_bucket()
-            list(bucket.client.list_blobs(self.bucket_name, max_results=1, timeout=30, retry=self._retry))
+            list(self._get_bucket().client.list_blobs(self.bucket_name, max_results=1, timeout=30, retry=_retry()))
         except gexc.NotFound:
             return False
         except Exception:  # can't tell: report the original 404 as a missing object
@@ -195,26 +199,26 @@ class GCSStore:
     def read_bytes(self, key):
         name = self._blob_name(key)
         return self._call(f"gs://{self.bucket_name}/{name}",
-                          lambda: self._get_bucket().blob(name).download_as_bytes(timeout=30, retry=self._retry))
+                          lambda: self._get_bucket().blob(name).download_as_bytes(timeout=30, retry=_retry()))
 
     def write_bytes(self, key, data):
         """Write a new object; never overwrites (if_generation_match=0)."""
         name = self._blob_name(key)
         self._call(f"upload gs://{self.bucket_name}/{name}",
                    lambda: self._get_bucket().blob(name).upload_from_string(
-                       data, if_generation_match=0, timeout=120, retry=self._retry))
+                       data, if_generation_match=0, timeout=120, retry=_retry()))
 
     def read_latest(self):
         name = self._blob_name(LATEST)
 
         def read():
-            blob = self._get_bucket().get_blob(name, timeout=30, retry=self._retry)
+            blob = self._get_bucket().get_blob(name, timeout=30, retry=_retry())
             if blob is None:  # get_blob hides the 404, also for a missing bucket
                 if not self._bucket_exists():
                     raise StoreUnreachable(f"gs://{self.bucket_name}/{name}: bucket gs://{self.bucket_name} "
                                            "does not exist")
                 return None, None
-            raw = blob.download_as_bytes(if_generation_match=blob.generation, timeout=30, retry=self._retry)
+            raw = blob.download_as_bytes(if_generation_match=blob.generation, timeout=30, retry=_retry())
             return _parse_pointer(raw, f"gs://{self.bucket_name}/{name}"), blob.generation
 
         return self._call(f"gs://{self.bucket_name}/{name}", read)
@@ -224,14 +228,14 @@ class GCSStore:
         self._call(f"move gs://{self.bucket_name}/{name}",
                    lambda: self._get_bucket().blob(name).upload_from_string(
                        _dump_pointer(pointer), content_type="application/json",
-                       if_generation_match=expected_token or 0, timeout=30, retry=self._retry))
+                       if_generation_match=expected_token or 0, timeout=30, retry=_retry()))
 
     def list_versions(self):
         prefix = self._blob_name(MODELS) + "/"
 
         def names():
             it = self._get_bucket().client.list_blobs(self.bucket_name, prefix=prefix, delimiter="/",
-                                                      retry=self._retry)
+                                                      retry=_retry())
             list(it)  # the prefixes are filled in while iterating
             return sorted(p[len(prefix):].strip("/") for p in it.prefixes)
 

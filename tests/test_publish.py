@@ -9,7 +9,6 @@ import concurrent.futures
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -17,9 +16,10 @@ import uuid
 
 import pytest
 
+from conftest import free_port
 from publish_helpers import meta_for, overwrite, tiny_onnx
-from service.store import (GCS_RETRY_SECONDS, PointerConflict, StoreError, StoreNotFound, StoreUnreachable, load_verified,
-                           open_store, sha256_hex)
+from service.store import (GCS_RETRY_SECONDS, PointerConflict, StoreError, StoreNotFound, StoreUnreachable,
+                           load_verified, open_store, sha256_hex)
 from training.publish import publish
 
 HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "publish_helpers.py")
@@ -241,14 +241,9 @@ def test_missing_bucket_is_unreachable(fake_gcs):
         open_store(uri).read_latest()
 
 
-def closed_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed when this returns: connections are refused
-
-
 def test_unreachable_gcs_host_is_reported_after_a_bounded_retry(monkeypatch):
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{closed_port()}")
+    # Nothing listens on a free port: every connection is refused.
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")
     uri = "gs://some-bucket/models-prefix"
     with pytest.raises(StoreUnreachable, match="cannot reach GCS") as err:
         publish(tiny_onnx("x"), meta_for(0.99), [uri], log=quiet())

@@ -15,7 +15,7 @@ import time
 import pytest
 import requests
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 from service import store as model_store
 from service_helpers import ServiceProcess, data_url, draw_digit, latest_version, png_bytes, publish_copy
 
@@ -81,11 +81,9 @@ def test_not_ready_until_the_gcs_bucket_exists(fake_gcs, trained_store, tmp_path
 
 
 def test_unreachable_gcs_host_is_logged_and_not_ready(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again below: connections to it are refused
+    # Nothing listens on a free port: every connection is refused.
     with ServiceProcess(str(tmp_path), MODEL_URI="gs://some-bucket/models",
-                        STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{port}") as server:
+                        STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{free_port()}") as server:
         server.wait_alive()
         # One attempt gives up after the store's bounded retry (the client alone took 2 min).
         waiting = server.wait_log(lambda e: e.get("logger") == "service.model" and "retrying" in e["message"],
