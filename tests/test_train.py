@@ -89,7 +89,18 @@ def test_checkpoints_reach_directory_and_gcs_and_model_is_published(fake_gcs, tm
         assert (runs / name / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     version = json.loads((store / "models" / "LATEST").read_text())["version"]
     meta = json.loads((store / "models" / version / "model.json").read_text())
-    assert meta["run_name"] == name and meta["metrics"]["val_accuracy"] == report["summary"]["val_accuracy"]
+    assert meta["run_name"] == name
+    # Published int8 if it read the validation digits as well as the float model, else float;
+    # either way model.json's accuracy is the published file's.
+    q = meta["quantization"]
+    assert abs(q["float_accuracy"] - report["summary"]["val_accuracy"]) <= 0.002, q  # ORT float vs torch
+    if q["scheme"] == "int8":
+        assert q["passed"] and "quantize: int8" in out
+        assert meta["metrics"]["val_accuracy"] == q["int8_accuracy"] and meta["size_bytes"] == q["int8_size_bytes"]
+    else:
+        assert not q["passed"] and f"quantize: publishing the float model: {q['reason']}" in out
+        assert meta["metrics"]["val_accuracy"] == report["summary"]["val_accuracy"]
+        assert meta["size_bytes"] == q["float_size_bytes"]
     # The recipe recorded is the one this run used, flags included (SMALL sets the batch).
     assert meta["config"]["recipe"]["epochs"] == 2 and meta["config"]["recipe"]["batch_size"] == 64
 
@@ -154,7 +165,7 @@ def test_help_documents_every_flag_with_its_env_var():
              "--publish": "PUBLISH_URIS", "--max-train-samples": "MAX_TRAIN_SAMPLES",
              "--promotion-margin": "PROMOTION_MARGIN", "--force-promote": "FORCE_PROMOTE",
              "--max-failures": "MAX_FAILURES", "--keep-checkpoints": "KEEP_CHECKPOINTS", "--seed": "SEED",
-             "--precision": "PRECISION"}
+             "--precision": "PRECISION", "--quantize": "QUANTIZE"}
     for flag, env in flags.items():
         assert re.search(rf"{flag}\b", out), flag
         assert f"(env {env};" in out, env
@@ -165,3 +176,10 @@ def test_unknown_precision_is_refused_before_anything_starts():
                             text=True, timeout=60)
     assert result.returncode != 0
     assert "--precision 'fp16': use auto, bf16 or fp32" in result.stderr
+
+
+def test_unknown_quantization_is_refused_before_anything_starts():
+    result = subprocess.run([sys.executable, "-m", "training", "--quantize", "int4"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0
+    assert "--quantize 'int4': use int8 or none" in result.stderr

@@ -67,6 +67,9 @@ FLAGS = [
     ("--promotion-margin", "PROMOTION_MARGIN", 0.002, float,
      "do not move LATEST if validation accuracy is more than this below LATEST's"),
     ("--force-promote", "FORCE_PROMOTE", False, _bool, "move LATEST regardless of the promotion gate"),
+    ("--quantize", "QUANTIZE", "int8", str,
+     "int8: publish ONNX Runtime's int8 version of the model if it matches the float one on the validation "
+     "digits (training/quantize.py), else the float model; none: always the float model"),
     ("--max-failures", "MAX_FAILURES", 3, int, "worker-group restarts from the last checkpoint before giving up"),
     ("--keep-checkpoints", "KEEP_CHECKPOINTS", 3, int, "checkpoints kept: the best N by validation accuracy"),
     ("--seed", "SEED", DEFAULT_CONFIG["seed"], int, "random seed (each rank adds its rank)"),
@@ -126,6 +129,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.precision not in ("auto", "bf16", "fp32"):
         sys.exit(f"error: --precision {args.precision!r}: use auto, bf16 or fp32")
+    if args.quantize not in ("int8", "none"):
+        sys.exit(f"error: --quantize {args.quantize!r}: use int8 or none")
     log = print
     run_name = args.run_name or f"digitdraw-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     mirror = None if args.checkpoint_mirror.lower() in ("", "none") else args.checkpoint_mirror
@@ -204,7 +209,10 @@ def main(argv=None):
     batch = torch.from_numpy(data.val_x[:256]).unsqueeze(1).float().div(255)
     diff = check_parity(model, onnx_bytes, batch)
     log(f"export: {len(onnx_bytes):,} bytes of ONNX; ONNX Runtime matches torch within {diff:.1e}")
-    meta = {"metrics": metrics, "data_source": data.source, "code_revision": code_revision(), "run_name": run_name,
+    quantization = {"scheme": "none"}
+    if args.quantize == "int8":
+        onnx_bytes, metrics, quantization = quantize(onnx_bytes, data, train_x, metrics, log)
+    meta = {"metrics": metrics, "quantization": quantization, "data_source": data.source, "code_revision": code_revision(), "run_name": run_name,
             "config": {**{k: v for k, v in vars(args).items()}, "model": state["model_config"],
                        # The recipe this run used: the defaults with the flags applied.
                        "recipe": {k: v for k, v in {**DEFAULT_CONFIG, **config}.items()
@@ -216,6 +224,31 @@ def main(argv=None):
         log(f"publish: {uri}: version {result['version']} {'promoted to LATEST' if r['promoted'] else 'NOT promoted'}"
             f" ({r['reason']})")
     return 0
+
+
+def quantize(onnx_bytes, data, train_x, metrics, log):
+    """(model bytes, metrics, quantization record) to publish: the int8 model with its own
+    accuracies if it passes training/quantize.py's check, else the float model unchanged."""
+    from training.quantize import CALIBRATION_IMAGES, check, predict, quantize_int8
+
+    def as_input(x):  # uint8 [N,28,28] -> float [N,1,28,28], pixel/255
+        return x[:, None].astype("float32") / 255
+
+    int8_bytes = quantize_int8(onnx_bytes, as_input(train_x[:CALIBRATION_IMAGES]))
+    result = check(onnx_bytes, int8_bytes, as_input(data.val_x), data.val_y)
+    record = {"scheme": "int8" if result["passed"] else "none", "calibration_images": CALIBRATION_IMAGES,
+              "float_size_bytes": len(onnx_bytes), "int8_size_bytes": len(int8_bytes), **result}
+    if not result["passed"]:
+        log(f"quantize: publishing the float model: {result['reason']}")
+        return onnx_bytes, metrics, record
+    metrics = {**metrics, "val_accuracy": result["int8_accuracy"],
+               "val_correct": int(round(result["int8_accuracy"] * result["count"]))}
+    if data.test_x is not None:
+        metrics["test_accuracy"] = float((predict(int8_bytes, as_input(data.test_x)) == data.test_y).mean())
+    log(f"quantize: int8, {len(int8_bytes):,} bytes; validation accuracy {result['int8_accuracy']:.4f} "
+        f"(float {result['float_accuracy']:.4f}), same digit as float on {result['agreement']:.2%}"
+        + (f"; test accuracy {metrics['test_accuracy']:.4f}" if "test_accuracy" in metrics else ""))
+    return int8_bytes, metrics, record
 
 
 if __name__ == "__main__":
