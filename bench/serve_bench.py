@@ -428,7 +428,8 @@ def main():
                "png_bytes_mean": round(statistics.mean(len(p) for p in pngs))}
     service_cmd = [sys.executable, "-m", "service"]
     threads = {"THREADS": str(args.threads)} if args.threads else {}
-    base_env = {"MODEL_URI": store, "MODEL_POLL_SECONDS": "0", "LOG_LEVEL": "warning"}
+    # LOG_LEVEL info as deployed (knative/base/service.yaml): one JSON line per request, to /dev/null.
+    base_env = {"MODEL_URI": store, "MODEL_POLL_SECONDS": "0", "LOG_LEVEL": "info"}
 
     # Throughput: the service (--workers, default one as deployed) and the original app, loaded in turn.
     servers = {"service": (service_cmd, {**base_env, "WEB_CONCURRENCY": str(args.workers), **threads})}
