@@ -18,8 +18,6 @@ import os
 import sys
 import time
 
-import numpy as np
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -27,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import machine  # noqa: E402  bench/machine.py
 from service.store import StoreError, load_verified, open_store  # noqa: E402
 from training.data import DATA_ERRORS, TEST_IMAGES, TEST_LABELS, read_pair  # noqa: E402
+from training.quantize import predict  # noqa: E402
 
 
 def model_from_store(uri):
@@ -41,14 +40,7 @@ def model_from_store(uri):
 
 def evaluate(model, images, labels):
     """Accuracy, per-digit accuracy and the errors of an ONNX model (a path or its bytes)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    x = images[:, None].astype(np.float32) / 255.0  # the model contract: pixel/255, ink 1.0
-    logits = np.concatenate([session.run(None, {name: x[i:i + 1000]})[0] for i in range(0, len(x), 1000)])
-    pred = logits.argmax(1)
-    right = pred == labels
+    right = predict(model, images) == labels
     return {
         "accuracy": round(float(right.mean()), 5),
         "errors": int((~right).sum()),

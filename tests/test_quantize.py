@@ -8,11 +8,7 @@ from training.data import load_mnist
 from training.export import export_onnx
 from training.model import build_model
 from training.publish import model_signature
-from training.quantize import check, predict, quantize_int8
-
-
-def as_input(x):
-    return x[:, None].astype(np.float32) / 255
+from training.quantize import check, model_input, predict, quantize_int8
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +18,7 @@ def trained():
     data = load_mnist("bundled", log=lambda *a: None)
     torch.manual_seed(0)
     model = build_model(width=16)
-    x, y = torch.from_numpy(as_input(data.train_x[:6000])), torch.from_numpy(data.train_y[:6000]).long()
+    x, y = torch.from_numpy(model_input(data.train_x[:6000])), torch.from_numpy(data.train_y[:6000]).long()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=3 * len(range(0, len(x), 64)))
     model.train()
@@ -33,7 +29,7 @@ def trained():
             opt.step()
             schedule.step()
     float_bytes = export_onnx(model)
-    return float_bytes, quantize_int8(float_bytes, as_input(data.train_x)), data
+    return float_bytes, quantize_int8(float_bytes, data.train_x), data
 
 
 def test_int8_model_meets_the_store_contract_in_a_quarter_of_the_size(trained):
@@ -48,7 +44,7 @@ def test_int8_model_meets_the_store_contract_in_a_quarter_of_the_size(trained):
 
 def test_int8_model_reads_the_same_digits_as_the_float_one(trained):
     float_bytes, int8_bytes, data = trained
-    result = check(float_bytes, int8_bytes, as_input(data.val_x), data.val_y)
+    result = check(float_bytes, int8_bytes, data.val_x, data.val_y)
     assert result["float_accuracy"] > 0.95, result  # a real model, so the comparison means something
     assert result["passed"], result
     assert result["agreement"] >= 0.99 and result["int8_accuracy"] >= result["float_accuracy"] - 0.002
@@ -59,8 +55,8 @@ def test_check_refuses_an_int8_model_that_reads_differently(trained):
     float_bytes, _, data = trained
     # The int8 version of an untrained model stands in for a quantization gone wrong.
     torch.manual_seed(1)
-    other = quantize_int8(export_onnx(build_model(width=8)), as_input(data.train_x))
-    assert (predict(other, as_input(data.val_x[:200])) != predict(float_bytes, as_input(data.val_x[:200]))).any()
-    result = check(float_bytes, other, as_input(data.val_x), data.val_y)
+    other = quantize_int8(export_onnx(build_model(width=8)), data.train_x)
+    assert (predict(other, data.val_x[:200]) != predict(float_bytes, data.val_x[:200])).any()
+    result = check(float_bytes, other, data.val_x, data.val_y)
     assert not result["passed"]
     assert "less accurate than float" in result["reason"]

@@ -212,7 +212,8 @@ def main(argv=None):
     quantization = {"scheme": "none"}
     if args.quantize == "int8":
         onnx_bytes, metrics, quantization = quantize(onnx_bytes, data, train_x, metrics, log)
-    meta = {"metrics": metrics, "quantization": quantization, "data_source": data.source, "code_revision": code_revision(), "run_name": run_name,
+    meta = {"metrics": metrics, "quantization": quantization, "data_source": data.source,
+            "code_revision": code_revision(), "run_name": run_name,
             "config": {**{k: v for k, v in vars(args).items()}, "model": state["model_config"],
                        # The recipe this run used: the defaults with the flags applied.
                        "recipe": {k: v for k, v in {**DEFAULT_CONFIG, **config}.items()
@@ -231,20 +232,16 @@ def quantize(onnx_bytes, data, train_x, metrics, log):
     accuracies if it passes training/quantize.py's check, else the float model unchanged."""
     from training.quantize import CALIBRATION_IMAGES, check, predict, quantize_int8
 
-    def as_input(x):  # uint8 [N,28,28] -> float [N,1,28,28], pixel/255
-        return x[:, None].astype("float32") / 255
-
-    int8_bytes = quantize_int8(onnx_bytes, as_input(train_x[:CALIBRATION_IMAGES]))
-    result = check(onnx_bytes, int8_bytes, as_input(data.val_x), data.val_y)
+    int8_bytes = quantize_int8(onnx_bytes, train_x)
+    result = check(onnx_bytes, int8_bytes, data.val_x, data.val_y)
     record = {"scheme": "int8" if result["passed"] else "none", "calibration_images": CALIBRATION_IMAGES,
               "float_size_bytes": len(onnx_bytes), "int8_size_bytes": len(int8_bytes), **result}
     if not result["passed"]:
         log(f"quantize: publishing the float model: {result['reason']}")
         return onnx_bytes, metrics, record
-    metrics = {**metrics, "val_accuracy": result["int8_accuracy"],
-               "val_correct": int(round(result["int8_accuracy"] * result["count"]))}
+    metrics = {**metrics, "val_accuracy": result["int8_accuracy"], "val_correct": result["int8_correct"]}
     if data.test_x is not None:
-        metrics["test_accuracy"] = float((predict(int8_bytes, as_input(data.test_x)) == data.test_y).mean())
+        metrics["test_accuracy"] = float((predict(int8_bytes, data.test_x) == data.test_y).mean())
     log(f"quantize: int8, {len(int8_bytes):,} bytes; validation accuracy {result['int8_accuracy']:.4f} "
         f"(float {result['float_accuracy']:.4f}), same digit as float on {result['agreement']:.2%}"
         + (f"; test accuracy {metrics['test_accuracy']:.4f}" if "test_accuracy" in metrics else ""))
