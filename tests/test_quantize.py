@@ -8,7 +8,7 @@ from training.data import load_mnist
 from training.export import export_onnx
 from training.model import build_model
 from training.publish import model_signature
-from training.quantize import check, model_input, predict, quantize_int8
+from training.quantize import check, model_input, predict, quantize_int8, verdict
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +60,12 @@ def test_check_refuses_an_int8_model_that_reads_differently(trained):
     result = check(float_bytes, other, data.val_x, data.val_y)
     assert not result["passed"]
     assert "less accurate than float" in result["reason"]
+
+
+def test_the_bounds_are_inclusive_and_counted_in_digits():
+    # 0.958 - 0.956 is 0.0020000000000000018 in floating point: a drop of exactly 2 digits
+    # in 1,000 was once refused.
+    assert verdict(958, 956, 995, 1000) is None
+    assert "less accurate than float" in verdict(958, 955, 995, 1000)
+    assert verdict(958, 958, 990, 1000) is None
+    assert "agree on only 0.9890" in verdict(958, 958, 989, 1000)
