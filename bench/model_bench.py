@@ -29,7 +29,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import machine  # noqa: E402  bench/machine.py
-from serve_bench import canvases, http_requests  # noqa: E402
+from serve_bench import canvases, predict_body  # noqa: E402
 from service.app import create_app  # noqa: E402
 
 
@@ -48,8 +48,7 @@ def main():
     ap.add_argument("--out", default=None, help="result file (default bench/results/model-<time>.json)")
     args = ap.parse_args()
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    bodies = [r.partition(b"\r\n\r\n")[2] for r in http_requests(8080, canvases(32))]
+    bodies = [predict_body(png) for png in canvases(32)]
     images = np.random.default_rng(0).random((32, 1, 1, 28, 28), dtype=np.float32)
     apps = {}
     for store in args.store:
@@ -58,9 +57,10 @@ def main():
         if not app.model_holder.wait_ready(60):
             sys.exit(f"error: no model loaded from {store}")
         apps[store] = app
-    devnull = os.open(os.devnull, os.O_WRONLY)
     stderr = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
+    os.close(devnull)
 
     def start_response(status, headers, exc_info=None):
         assert status.startswith("200"), status

@@ -67,11 +67,16 @@ def canvases(n, seed=0):
     return out
 
 
+def predict_body(png):
+    """The /predict JSON body the frontend sends: {"image": "data:image/png;base64,..."}."""
+    return json.dumps({"image": "data:image/png;base64," + base64.b64encode(png).decode()}).encode()
+
+
 def http_requests(port, pngs):
-    """Ready-to-send HTTP/1.1 requests: POST /predict with {"image": "data:image/png;base64,..."}."""
+    """Ready-to-send HTTP/1.1 requests: POST /predict with ``predict_body``."""
     reqs = []
     for png in pngs:
-        body = json.dumps({"image": "data:image/png;base64," + base64.b64encode(png).decode()}).encode()
+        body = predict_body(png)
         reqs.append(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
                     b"Content-Length: %d\r\n\r\n" % (port, len(body)) + body)
     return reqs
