@@ -149,7 +149,7 @@ def ink_image(im):
         # Composited onto white, a pixel's gray is lum*a/255 + 255 - a, so its ink
         # (255 - gray) is (255 - lum) * a / 255: the inverted gray times alpha.
         ink, alpha = ImageChops.invert(im.convert("L")), im.getchannel("A")
-        if ImageChops.invert(alpha).getbbox() is None:
+        if alpha.getextrema()[0] == 255:
             # Fully opaque, as the frontend's black-on-white canvas is: the product is the
             # inverted gray itself. Checking costs a tenth of the full-canvas multiply.
             return ink
