@@ -95,6 +95,16 @@ def test_transparent_and_white_backgrounds_give_identical_inputs():
     np.testing.assert_array_equal(transparent, garbage)
 
 
+def test_coloured_ink_gives_the_same_input_on_transparent_and_on_white():
+    # Three ways to the ink: an opaque canvas is read as RGB, black ink on transparent is
+    # its alpha, and any other ink on transparent is the inverted gray times alpha.
+    blue = (0, 0, 255, 255)
+    on_transparent = prep(png_bytes(draw_digit(7, ink=blue)))
+    on_white = prep(png_bytes(draw_digit(7, ink=blue, background=(255, 255, 255, 255))))
+    np.testing.assert_array_equal(on_transparent, on_white)
+    assert on_white.max() > 0.5
+
+
 def test_jpeg_matches_png_closely():
     png = prep(png_bytes(draw_digit(0)))
     jpeg = prep(jpeg_bytes(draw_digit(0), quality=85))
