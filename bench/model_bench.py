@@ -2,7 +2,8 @@
 
 For each store (its LATEST model) it builds the Flask app and times, on one thread:
   - ONNX Runtime alone: one 28x28 image per call, as /predict runs it;
-  - the whole request: POST /predict with a 280x280 canvas PNG as a JSON data URL, through
+  - the whole request: POST /predict with a 280x280 canvas PNG as a JSON data URL (the
+    frontend's own, rendered in Chromium, unless --canvases drawn), through
     the WSGI app (parsing, decoding, preprocessing, inference, JSON, metrics, log line),
     without sockets or a server.
 Blocks of requests alternate between the stores, and the figures are the median and the
@@ -29,7 +30,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import machine  # noqa: E402  bench/machine.py
-from serve_bench import canvases, predict_body  # noqa: E402
+from serve_bench import drawn_canvases, frontend_canvases, predict_body  # noqa: E402
 from service.app import create_app  # noqa: E402
 
 
@@ -45,10 +46,13 @@ def main():
     ap.add_argument("--store", action="append", required=True, help="a model store (repeat to compare)")
     ap.add_argument("--blocks", type=int, default=20, help="blocks per store, taken in turn (default 20)")
     ap.add_argument("--block-size", type=int, default=200, help="requests per block (default 200)")
+    ap.add_argument("--canvases", choices=("frontend", "drawn"), default="frontend",
+                    help="the PNGs posted, as in serve_bench.py (default: the frontend's own, from Chromium)")
     ap.add_argument("--out", default=None, help="result file (default bench/results/model-<time>.json)")
     args = ap.parse_args()
 
-    bodies = [predict_body(png) for png in canvases(32)]
+    pngs = frontend_canvases(32) if args.canvases == "frontend" else drawn_canvases(32)
+    bodies = [predict_body(png) for png in pngs]
     images = np.random.default_rng(0).random((32, 1, 1, 28, 28), dtype=np.float32)
     apps = {}
     for store in args.store:
@@ -89,7 +93,8 @@ def main():
     finally:
         os.dup2(stderr, 2)
 
-    results = {"machine": machine.describe(), "blocks": args.blocks, "block_size": args.block_size, "stores": {}}
+    results = {"machine": machine.describe(), "canvases": args.canvases, "blocks": args.blocks,
+               "block_size": args.block_size, "stores": {}}
     for store, app in apps.items():
         model = app.model_holder.current
         entry = {"version": model.version, "quantization": model.meta.get("quantization", {}).get("scheme", "none"),

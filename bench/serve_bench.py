@@ -3,9 +3,10 @@
 For each server (service: `python -m service`; baseline: bench/baseline_app, the
 original Flask-dev-server + torch app) it measures:
   - cold start: process launch -> first 200 on POST /predict, model on local disk;
-  - throughput posting 280x280 canvas PNGs (JSON data URLs, as the frontend sends them)
-    at concurrency 1 and 8, with one load generator for both: one client process per
-    connection, raw sockets, keep-alive; requests/s, p50/p99 latency and errors. Both
+  - throughput posting 280x280 canvas PNGs as JSON data URLs, as the frontend sends them
+    (held-out handwriting rendered by the page's own pad.js and encoded by Chromium; see
+    frontend_canvases), at concurrency 1 and 8, with one load generator for both: one
+    client process per connection, raw sockets, keep-alive; requests/s, p50/p99 latency and errors. Both
     servers run at once and take turns, --rounds times each, and each figure is the
     median of those rounds, so the machine's drift hits both alike;
   - server CPU time per request: user+sys of every server process (/proc), divided by
@@ -49,10 +50,54 @@ TARGETS = {"throughput_ratio_c8": 3.0, "p99_ms_c8": 25.0, "errors": 0, "cpu_ms_p
            "cold_start_s": 0.5}
 
 
-# ---- the requests: 280x280 canvases, drawn like a person would ----------------------------
+# ---- the requests: 280x280 canvases, as the frontend sends them ----------------------------
 
-def canvases(n, seed=0):
-    """``n`` 280x280 RGBA PNGs with a few random pen strokes each, black on transparent."""
+def frontend_canvases(n):
+    """``n`` 280x280 canvas PNGs exactly as the frontend sends them: held-out MNIST digits
+    traced into pen strokes (tests/frontend_helpers.py), in the handwriting evaluation's
+    sizes, positions and pen widths, rendered by the page's own Pad (frontend/pad.js) in
+    Chromium and encoded by its canvas.toDataURL: black on white, opaque RGBA."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from frontend_helpers import VARIANTS, launch_browser, mnist_to_strokes, place, validation_digits
+    from playwright.sync_api import sync_playwright
+
+    images, _, _ = validation_digits(count=n)
+    drawings = []
+    for k, image in enumerate(images):
+        variant = VARIANTS[k % len(VARIANTS)]
+        drawings.append({"strokes": place(mnist_to_strokes(image), variant["size"], variant["center"]),
+                         "width": variant["stroke"]})
+    origin = "http://frontend.invalid"  # a blank page, and pad.js from the frontend directory
+
+    def serve(route):
+        if route.request.url == f"{origin}/pad.js":
+            route.fulfill(path=os.path.join(ROOT, "frontend", "pad.js"), content_type="text/javascript")
+        else:
+            route.fulfill(body="<!doctype html>", content_type="text/html")
+
+    with sync_playwright() as playwright:
+        browser = launch_browser(playwright)
+        try:
+            page = browser.new_page()
+            page.route(f"{origin}/**", serve)
+            page.goto(f"{origin}/")
+            urls = page.evaluate("""async (drawings) => {
+                const { Pad } = await import('/pad.js');
+                return drawings.map(({ strokes, width }) => {
+                    const pad = new Pad(document.createElement('canvas'), { widthFraction: width });
+                    pad.strokes = strokes;
+                    return pad.toDataURL();
+                });
+            }""", drawings)
+        finally:
+            browser.close()
+    return [base64.b64decode(url.split(",", 1)[1]) for url in urls]
+
+
+def drawn_canvases(n, seed=0):
+    """``n`` 280x280 RGBA PNGs drawn and encoded by Pillow: a few random pen strokes each,
+    black on transparent (what this benchmark posted until the frontend's own canvases replaced
+    them: Pillow's encoder compresses harder than Chromium's, and its PNGs take longer to decode)."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
@@ -419,6 +464,10 @@ def main():
     ap.add_argument("--also", action="append", default=[], metavar="NAME=COMMAND",
                     help="another server to load in turn with the others, e.g. an older checkout: "
                          "'old=env -C ../old python -m service' (same environment as the service)")
+    ap.add_argument("--canvases", choices=("frontend", "drawn"), default="frontend",
+                    help="the PNGs posted: 'frontend' (default) renders held-out handwriting with the page's "
+                         "own pad.js in Chromium, as the frontend sends it; 'drawn' is Pillow-drawn random "
+                         "strokes on transparent, as runs before this flag posted")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--skip-deps", action="store_true", help="skip the fresh-venv install size")
     ap.add_argument("--quick", action="store_true", help="3 s phases, 1 round, 3 cold starts, no fresh venv")
@@ -428,8 +477,9 @@ def main():
         args.duration, args.warmup, args.cold_runs, args.rounds, args.skip_deps = 3, 1, 3, 1, True
 
     store = model_store(args.store)
-    pngs = canvases(32)
-    results = {"machine": machine.describe(), "store": store, "request": "POST /predict, JSON data URL of a 280x280 RGBA PNG",
+    pngs = frontend_canvases(32) if args.canvases == "frontend" else drawn_canvases(32)
+    results = {"machine": machine.describe(), "store": store, "canvases": args.canvases,
+               "request": "POST /predict, JSON data URL of a 280x280 RGBA PNG",
                "png_bytes_mean": round(statistics.mean(len(p) for p in pngs))}
     service_cmd = [sys.executable, "-m", "service"]
     threads = {"THREADS": str(args.threads)} if args.threads else {}
