@@ -6,9 +6,9 @@ original Flask-dev-server + torch app) it measures:
   - throughput posting 280x280 canvas PNGs as JSON data URLs, as the frontend sends them
     (held-out handwriting rendered by the page's own pad.js and encoded by Chromium; see
     frontend_canvases), at concurrency 1 and 8, with one load generator for both: one
-    client process per connection, raw sockets, keep-alive; requests/s, p50/p99 latency and errors. Both
-    servers run at once and take turns, --rounds times each, and each figure is the
-    median of those rounds, so the machine's drift hits both alike;
+    client process per connection, raw sockets, keep-alive; requests/s, p50/p99 latency
+    and errors. Both servers run at once and take turns, --rounds times each, and each
+    figure is the median of those rounds, so the machine's drift hits both alike;
   - server CPU time per request: user+sys of every server process (/proc), divided by
     the requests answered in the same window;
   - peak RSS (VmHWM summed over the server's processes) and PSS.
@@ -96,8 +96,9 @@ def frontend_canvases(n):
 
 def drawn_canvases(n, seed=0):
     """``n`` 280x280 RGBA PNGs drawn and encoded by Pillow: a few random pen strokes each,
-    black on transparent (what this benchmark posted until the frontend's own canvases replaced
-    them: Pillow's encoder compresses harder than Chromium's, and its PNGs take longer to decode)."""
+    black on transparent. This benchmark posted these until the frontend's own canvases
+    replaced them; Pillow's encoder compresses harder than Chromium's, and its PNGs take
+    longer to decode."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
