@@ -58,8 +58,12 @@ def frontend_canvases(n):
     sizes, positions and pen widths, rendered by the page's own Pad (frontend/pad.js) in
     Chromium and encoded by its canvas.toDataURL: black on white, opaque RGBA."""
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from frontend_helpers import VARIANTS, launch_browser, mnist_to_strokes, place, validation_digits
+    from frontend_helpers import CHROMIUM, VARIANTS, launch_browser, mnist_to_strokes, place, validation_digits
     from playwright.sync_api import sync_playwright
+
+    if not os.path.exists(CHROMIUM):
+        sys.exit(f"error: no Chromium at {CHROMIUM} to render the frontend's canvases; install it "
+                 f"(apt-get install chromium) or post Pillow-drawn ones with --canvases drawn")
 
     images, _, _ = validation_digits(count=n)
     drawings = []
