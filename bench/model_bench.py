@@ -30,7 +30,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import machine  # noqa: E402  bench/machine.py
-from serve_bench import drawn_canvases, frontend_canvases, predict_body  # noqa: E402
+from serve_bench import CANVASES, predict_body  # noqa: E402
 from service.app import create_app  # noqa: E402
 
 
@@ -46,13 +46,12 @@ def main():
     ap.add_argument("--store", action="append", required=True, help="a model store (repeat to compare)")
     ap.add_argument("--blocks", type=int, default=20, help="blocks per store, taken in turn (default 20)")
     ap.add_argument("--block-size", type=int, default=200, help="requests per block (default 200)")
-    ap.add_argument("--canvases", choices=("frontend", "drawn"), default="frontend",
+    ap.add_argument("--canvases", choices=CANVASES, default="frontend",
                     help="the PNGs posted, as in serve_bench.py (default: the frontend's own, from Chromium)")
     ap.add_argument("--out", default=None, help="result file (default bench/results/model-<time>.json)")
     args = ap.parse_args()
 
-    pngs = frontend_canvases(32) if args.canvases == "frontend" else drawn_canvases(32)
-    bodies = [predict_body(png) for png in pngs]
+    bodies = [predict_body(png) for png in CANVASES[args.canvases](32)]
     images = np.random.default_rng(0).random((32, 1, 1, 28, 28), dtype=np.float32)
     apps = {}
     for store in args.store:

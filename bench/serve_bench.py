@@ -117,6 +117,10 @@ def drawn_canvases(n, seed=0):
     return out
 
 
+# The PNGs a benchmark can post (--canvases): name -> function(n) returning n PNGs.
+CANVASES = {"frontend": frontend_canvases, "drawn": drawn_canvases}
+
+
 def predict_body(png):
     """The /predict JSON body the frontend sends: {"image": "data:image/png;base64,..."}."""
     return json.dumps({"image": "data:image/png;base64," + base64.b64encode(png).decode()}).encode()
@@ -469,7 +473,7 @@ def main():
     ap.add_argument("--also", action="append", default=[], metavar="NAME=COMMAND",
                     help="another server to load in turn with the others, e.g. an older checkout: "
                          "'old=env -C ../old python -m service' (same environment as the service)")
-    ap.add_argument("--canvases", choices=("frontend", "drawn"), default="frontend",
+    ap.add_argument("--canvases", choices=CANVASES, default="frontend",
                     help="the PNGs posted: 'frontend' (default) renders held-out handwriting with the page's "
                          "own pad.js in Chromium, as the frontend sends it; 'drawn' is Pillow-drawn random "
                          "strokes on transparent, as runs before this flag posted")
@@ -482,7 +486,7 @@ def main():
         args.duration, args.warmup, args.cold_runs, args.rounds, args.skip_deps = 3, 1, 3, 1, True
 
     store = model_store(args.store)
-    pngs = frontend_canvases(32) if args.canvases == "frontend" else drawn_canvases(32)
+    pngs = CANVASES[args.canvases](32)
     results = {"machine": machine.describe(), "store": store, "canvases": args.canvases,
                "request": "POST /predict, JSON data URL of a 280x280 RGBA PNG",
                "png_bytes_mean": round(statistics.mean(len(p) for p in pngs))}

@@ -204,9 +204,10 @@ def main(argv=None):
         return 0
     from training.export import check_parity, export_onnx
     from training.publish import publish
+    from training.quantize import model_input
 
     onnx_bytes = export_onnx(model)
-    batch = torch.from_numpy(data.val_x[:256]).unsqueeze(1).float().div(255)
+    batch = torch.from_numpy(model_input(data.val_x[:256]))
     diff = check_parity(model, onnx_bytes, batch)
     log(f"export: {len(onnx_bytes):,} bytes of ONNX; ONNX Runtime matches torch within {diff:.1e}")
     quantization = {"scheme": "none"}
