@@ -51,7 +51,7 @@ test: setup browser
 validate:
 	infra/validate-live.sh
 
-bench: setup
+bench: setup browser
 	$(PY) bench/train_bench.py
 	$(PY) bench/serve_bench.py
 	$(PY) bench/handwriting_eval.py
