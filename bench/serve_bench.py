@@ -56,7 +56,8 @@ def frontend_canvases(n):
     """``n`` 280x280 canvas PNGs exactly as the frontend sends them: held-out MNIST digits
     traced into pen strokes (tests/frontend_helpers.py), in the handwriting evaluation's
     sizes, positions and pen widths, rendered by the page's own Pad (frontend/pad.js) in
-    Chromium and encoded by its canvas.toDataURL: black on white, opaque RGBA."""
+    Chromium and encoded by it as the page sends them: black on white, 8-bit grey
+    (frontend/png.js)."""
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from frontend_helpers import CHROMIUM, VARIANTS, launch_browser, mnist_to_strokes, place, validation_digits
     from playwright.sync_api import sync_playwright
@@ -71,11 +72,12 @@ def frontend_canvases(n):
         variant = VARIANTS[k % len(VARIANTS)]
         drawings.append({"strokes": place(mnist_to_strokes(image), variant["size"], variant["center"]),
                          "width": variant["stroke"]})
-    origin = "http://frontend.invalid"  # a blank page, and pad.js from the frontend directory
+    origin = "http://frontend.invalid"  # a blank page, and the scripts from the frontend directory
 
     def serve(route):
-        if route.request.url == f"{origin}/pad.js":
-            route.fulfill(path=os.path.join(ROOT, "frontend", "pad.js"), content_type="text/javascript")
+        name = route.request.url.removeprefix(f"{origin}/")
+        if name in ("pad.js", "png.js"):
+            route.fulfill(path=os.path.join(ROOT, "frontend", name), content_type="text/javascript")
         else:
             route.fulfill(body="<!doctype html>", content_type="text/html")
 
@@ -87,11 +89,11 @@ def frontend_canvases(n):
             page.goto(f"{origin}/")
             urls = page.evaluate("""async (drawings) => {
                 const { Pad } = await import('/pad.js');
-                return drawings.map(({ strokes, width }) => {
+                return Promise.all(drawings.map(({ strokes, width }) => {
                     const pad = new Pad(document.createElement('canvas'), { widthFraction: width });
                     pad.strokes = strokes;
                     return pad.toDataURL();
-                });
+                }));
             }""", drawings)
         finally:
             browser.close()

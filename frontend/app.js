@@ -100,7 +100,7 @@ async function send() {
   lastSentAt = performance.now();
   updateBusy();
   try {
-    const answer = await api.predict(pad.toDataURL(), controller.signal);
+    const answer = await api.predict(await pad.toDataURL(), controller.signal);
     if (mine === seq) await showAnswer(answer, mine);
   } catch (err) {
     if (mine === seq && !controller.signal.aborted) showFailure(err);

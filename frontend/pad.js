@@ -4,6 +4,8 @@
 // Strokes are kept in normalised coordinates (0..1 of the pad's side), so the pad can be
 // resized or re-rendered at another resolution (the PNG sent to the server) without loss.
 
+import { canEncodeGreyPNG, encodeGreyPNG, pngDataURL } from './png.js';
+
 // Side of the PNG sent to the server: the drawing is re-rendered from the strokes at this
 // size, so the request is small and the same whatever the screen's size or pixel density.
 export const EXPORT_SIZE = 280;
@@ -90,12 +92,21 @@ export class Pad {
     return true;
   }
 
-  /** The drawing as a PNG data URL, EXPORT_SIZE pixels square, black on white. */
-  toDataURL() {
+  /**
+   * The drawing as a PNG data URL, EXPORT_SIZE pixels square, black on white: 8-bit grey
+   * (png.js), or the canvas's own RGBA where the browser cannot deflate. Resolves to the URL.
+   */
+  async toDataURL() {
     const out = document.createElement('canvas');
     out.width = out.height = EXPORT_SIZE;
-    renderStrokes(out.getContext('2d'), EXPORT_SIZE, this.strokes, this.widthFraction);
-    return out.toDataURL('image/png');
+    const ctx = out.getContext('2d', { willReadFrequently: true });
+    renderStrokes(ctx, EXPORT_SIZE, this.strokes, this.widthFraction);
+    if (!canEncodeGreyPNG) return out.toDataURL('image/png');
+    // Black on white: red, green and blue are equal, so the red channel is the grey.
+    const rgba = ctx.getImageData(0, 0, EXPORT_SIZE, EXPORT_SIZE).data;
+    const grey = new Uint8Array(EXPORT_SIZE * EXPORT_SIZE);
+    for (let i = 0; i < grey.length; i++) grey[i] = rgba[4 * i];
+    return pngDataURL(await encodeGreyPNG(grey, EXPORT_SIZE, EXPORT_SIZE));
   }
 
   // Keep the backing store at the pad's size in device pixels, so lines stay sharp on

@@ -11,10 +11,10 @@ The result is float32 [28, 28], ink 1.0 and background 0.0: the model contract.
 Only PNG and JPEG are accepted. The pixel count is checked from the header, before
 anything is decoded, so a decompression bomb costs nothing.
 
-Decoding is most of a request's CPU time. A browser canvas always arrives as an 8-bit
-RGBA PNG; those are decoded by libspng (pyspng), in less than half of Pillow's time.
-Every other PNG (palette, grey, 16-bit, animated, colour-keyed) and every JPEG goes
-through Pillow.
+Decoding is most of a request's CPU time. A browser canvas arrives as an 8-bit PNG:
+grey from our frontend (frontend/png.js), RGBA from a plain canvas.toDataURL. Those two
+are decoded by libspng (pyspng), in less than half of Pillow's time. Every other PNG
+(palette, 16-bit, animated, colour-keyed) and every JPEG goes through Pillow.
 """
 import base64
 import io
@@ -36,6 +36,7 @@ INK_THRESHOLD = 32   # of 255: fainter pixels (JPEG noise, a stray smudge) do no
 BOX, FRAME = 20, 28  # MNIST: digit fitted in a 20x20 box, centred in a 28x28 frame
 IHDR = struct.Struct(">I4sIIBB")  # the first chunk: length, type, width, height, bit depth, colour type
 CHUNK = struct.Struct(">I4s")
+GREY, RGBA = 0, 6  # PNG colour types
 
 
 def sniff_format(data):
@@ -98,8 +99,9 @@ def _check_size(width, height, max_pixels):
 
 
 def _canvas_png(data, max_pixels):
-    """An 8-bit RGBA, non-animated PNG (what a browser canvas sends) decoded by libspng into
-    an RGBA image that shares libspng's buffer; None for any other kind of PNG.
+    """An 8-bit RGBA or grey, non-animated PNG (what a browser sends: our frontend's grey
+    canvas, or any canvas's toDataURL) decoded by libspng into an image that shares
+    libspng's buffer; None for any other kind of PNG.
 
     The header is read here rather than by Pillow's parser, which costs as much again as
     the rest of this path together.
@@ -107,17 +109,21 @@ def _canvas_png(data, max_pixels):
     if len(data) < 8 + IHDR.size:
         return None
     length, kind, width, height, depth, colour = IHDR.unpack_from(data, 8)
-    if kind != b"IHDR" or length != 13 or depth != 8 or colour != 6:  # 6: RGB + alpha
+    if kind != b"IHDR" or length != 13 or depth != 8 or colour not in (GREY, RGBA):
         return None
     _check_size(width, height, max_pixels)
-    if _chunk_before_pixels(data, b"acTL"):  # an animated PNG: Pillow takes its first frame
+    # An animated PNG (Pillow takes its first frame), or a grey one with a transparent
+    # colour key (Pillow composites it), is left to Pillow.
+    if {b"acTL", b"tRNS"} & _chunks_before_pixels(data):
         return None
     try:
-        pixels = pyspng.load(data, "RGBA")
+        pixels = pyspng.load(data, "L" if colour == GREY else "RGBA")
     except RuntimeError as e:  # pyspng's only error type; the message names the problem
         raise ApiError(400, "not_an_image",
                        f"cannot decode the PNG image ({e}); send a complete, uncorrupted PNG or JPEG") from None
-    # A fully opaque canvas (the frontend's black on white) is RGB for our purposes: as
+    if colour == GREY:
+        return Image.frombuffer("L", (width, height), pixels, "raw", "L", 0, 1)
+    # A fully opaque canvas (any browser's black on white) is RGB for our purposes: as
     # RGBX it skips the alpha handling. Read as little-endian uint32 the alpha byte is
     # the top one, so the smallest value tells, in one fast pass (Pillow would copy the
     # alpha channel out and then scan it).
@@ -125,17 +131,16 @@ def _canvas_png(data, max_pixels):
     return Image.frombuffer(mode, (width, height), pixels, "raw", mode, 0, 1)
 
 
-def _chunk_before_pixels(data, kind):
-    """Whether a chunk of type ``kind`` comes before the first IDAT (pixel data) chunk."""
-    pos = 8
+def _chunks_before_pixels(data):
+    """The types of the chunks before the first IDAT (pixel data) chunk."""
+    kinds, pos = set(), 8
     while pos + 8 <= len(data):
-        length, this = CHUNK.unpack_from(data, pos)
-        if this == b"IDAT":
-            return False
-        if this == kind:
-            return True
+        length, kind = CHUNK.unpack_from(data, pos)
+        if kind == b"IDAT":
+            break
+        kinds.add(kind)
         pos += 12 + length  # length, type, data, CRC
-    return False
+    return kinds
 
 
 def ink_image(im):
@@ -159,7 +164,7 @@ def ink_image(im):
             # Black ink on a transparent canvas: the ink is the alpha channel itself.
             return alpha
         return ImageChops.multiply(ImageChops.invert(gray), alpha)
-    ink = ImageChops.invert(im.convert("L"))
+    ink = ImageChops.invert(im if im.mode == "L" else im.convert("L"))
     # Crop to the ink now (one cheap pass) so the threshold in to_mnist works on the
     # drawing only, not the whole canvas.
     bbox = ink.getbbox()

@@ -5,6 +5,8 @@ prediction, stale answers, a server that is down or not ready, a phone-sized scr
 service's Content-Security-Policy, and a small handwriting evaluation (held-out MNIST
 digits written on the pad stroke by stroke; the full one is bench/handwriting_eval.py).
 """
+import base64
+import io
 import json
 import threading
 import time
@@ -14,6 +16,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
 from frontend_helpers import (DIGITS, FRONTEND_DIR, Service, accuracy, draw_mouse, draw_touch, ink_fraction,
@@ -104,6 +107,58 @@ def test_a_drawn_digit_shows_its_prediction_bars_preview_and_model_version(page,
     # The answer is announced to screen readers.
     assert page.locator("[aria-live] [data-testid=prediction]").count() == 1
     assert page.console.errors() == []
+
+
+def post_image(service, data_url):
+    req = urllib.request.Request(f"{service.url}/predict", json.dumps({"image": data_url}).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)
+
+
+def canvas_pngs(page, strokes):
+    """The pad's PNG for ``strokes`` and, rendered the same way, the canvas's own RGBA PNG."""
+    urls = page.evaluate("""async (strokes) => {
+        const { Pad, renderStrokes, EXPORT_SIZE } = await import('/pad.js');
+        const pad = new Pad(document.createElement('canvas'));
+        pad.strokes = strokes;
+        const canvas = document.createElement('canvas');
+        canvas.width = canvas.height = EXPORT_SIZE;
+        renderStrokes(canvas.getContext('2d'), EXPORT_SIZE, strokes, pad.widthFraction);
+        return [await pad.toDataURL(), canvas.toDataURL('image/png')];
+    }""", strokes)
+    return [Image.open(io.BytesIO(base64.b64decode(u.split(",", 1)[1]))) for u in urls], urls
+
+
+def test_the_pad_sends_an_8_bit_grey_png_holding_exactly_the_canvas_pixels(page, service):
+    sent = []
+    page.on("request", lambda r: sent.append(r.post_data_json["image"]) if r.url.endswith("/predict") else None)
+    assert write(page, 4) == "4"
+    png = Image.open(io.BytesIO(base64.b64decode(sent[-1].split(",", 1)[1])))
+    assert (png.format, png.mode, png.size) == ("PNG", "L", (280, 280))
+
+    (grey, rgba), urls = canvas_pngs(page, place(DIGITS[4], 0.7, (0.5, 0.5)))
+    assert (grey.mode, rgba.mode) == ("L", "RGBA")
+    canvas = np.asarray(rgba)
+    assert (canvas[..., 3] == 255).all() and (canvas[..., 0] == canvas[..., 1]).all() and \
+        (canvas[..., 0] == canvas[..., 2]).all(), "the drawing is no longer grey on opaque white"
+    assert np.array_equal(np.asarray(grey), canvas[..., 0])
+    assert len(urls[0]) < len(urls[1]) / 2  # the point of it: a smaller upload
+    # The same pixels, so the model reads the same input from either.
+    assert post_image(service, urls[0])["probabilities"] == post_image(service, urls[1])["probabilities"]
+
+
+def test_a_browser_without_compression_streams_sends_the_canvas_rgba_png(browser, service):
+    context = browser.new_context()
+    context.add_init_script("delete window.CompressionStream;")
+    page = context.new_page()
+    try:
+        page.goto(service.url)
+        (png, _), urls = canvas_pngs(page, place(DIGITS[4], 0.7, (0.5, 0.5)))
+        assert (png.format, png.mode, png.size) == ("PNG", "RGBA", (280, 280))
+        assert post_image(service, urls[0])["digit"] == 4
+    finally:
+        context.close()
 
 
 def test_clearly_drawn_digits_are_read_correctly(page):

@@ -148,6 +148,21 @@ def test_png_modes_give_the_same_digit(mode):
     assert np.abs(x - ref).mean() < 0.03, mode
 
 
+def test_grey_png_as_the_frontend_sends_gives_the_input_of_the_rgb_canvas():
+    white = draw_digit(7, background=(255, 255, 255, 255), mode="RGB")
+    grey = png_bytes(white.convert("L"))
+    np.testing.assert_array_equal(np.asarray(preprocess.decode(grey, MAX_PIXELS)), np.asarray(white.convert("L")))
+    np.testing.assert_array_equal(prep(grey), prep(png_bytes(white)))
+
+
+def test_grey_png_with_a_transparent_grey_key_is_composited_onto_white():
+    # Grey 128 is the background here, and the tRNS chunk makes it transparent: it is
+    # paper, not a canvas covered in mid-grey ink.
+    ink = draw_digit(7, background=(255, 255, 255, 255), mode="L")
+    keyed = ink.point(lambda v: 128 if v == 255 else v)
+    np.testing.assert_array_equal(prep(png_bytes(keyed, transparency=128)), prep(png_bytes(ink)))
+
+
 def test_palette_png_with_transparent_index():
     im = draw_digit(1).convert("RGBA")
     p = Image.new("P", im.size, 0)
