@@ -124,8 +124,9 @@ CANVASES = {"frontend": frontend_canvases, "drawn": drawn_canvases}
 
 
 def predict_body(png):
-    """The /predict JSON body the frontend sends: {"image": "data:image/png;base64,..."}."""
-    return json.dumps({"image": "data:image/png;base64," + base64.b64encode(png).decode()}).encode()
+    """The /predict JSON body the frontend sends (frontend/api.js): the PNG as a data URL,
+    and the 28x28 preview asked for."""
+    return json.dumps({"image": "data:image/png;base64," + base64.b64encode(png).decode(), "preview": True}).encode()
 
 
 def http_requests(port, pngs):
