@@ -1,17 +1,19 @@
-"""CPU time per request of the service with different models, measured in-process.
+"""CPU time per request of the service with different models or canvases, measured in-process.
 
-For each store (its LATEST model) it builds the Flask app and times, on one thread:
+For each store (its LATEST model) and each kind of canvas it builds the Flask app and
+times, on one thread:
   - ONNX Runtime alone: one 28x28 image per call, as /predict runs it;
-  - the whole request: POST /predict with a 280x280 canvas PNG as a JSON data URL (the
-    frontend's own, rendered in Chromium, unless --canvases drawn), through
-    the WSGI app (parsing, decoding, preprocessing, inference, JSON, metrics, log line),
-    without sockets or a server.
-Blocks of requests alternate between the stores, and the figures are the median and the
+  - the whole request: POST /predict with a 280x280 canvas PNG as a JSON data URL and the
+    preview asked for (the frontend's own body, its drawing rendered in Chromium, unless
+    --canvases says otherwise), through the WSGI app (parsing, decoding, preprocessing,
+    inference, the preview, JSON, metrics, log line), without sockets or a server.
+Blocks of requests alternate between the cases, and the figures are the median and the
 minimum over blocks (CPU time, time.thread_time): this VM's speed wanders by 1.5-2x within
 minutes, and contention only ever adds time, so the minimum is the steadiest comparison and
-the ratio between stores within one run is what to read.
+the ratio between cases within one run is what to read.
 
     python bench/model_bench.py --store model-store --store /path/to/float-model-store
+    python bench/model_bench.py --store model-store --canvases frontend --canvases frontend-rgba
 
 Results go to bench/results/model-<UTC time>.json.
 """
@@ -44,14 +46,15 @@ def environ(body):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", action="append", required=True, help="a model store (repeat to compare)")
-    ap.add_argument("--blocks", type=int, default=20, help="blocks per store, taken in turn (default 20)")
+    ap.add_argument("--blocks", type=int, default=20, help="blocks per case, taken in turn (default 20)")
     ap.add_argument("--block-size", type=int, default=200, help="requests per block (default 200)")
-    ap.add_argument("--canvases", choices=CANVASES, default="frontend",
-                    help="the PNGs posted, as in serve_bench.py (default: the frontend's own, from Chromium)")
+    ap.add_argument("--canvases", choices=CANVASES, action="append",
+                    help="the PNGs posted, as in serve_bench.py (repeat to compare; default: the frontend's own)")
     ap.add_argument("--out", default=None, help="result file (default bench/results/model-<time>.json)")
     args = ap.parse_args()
 
-    bodies = [predict_body(png) for png in CANVASES[args.canvases](32)]
+    canvases = args.canvases or ["frontend"]
+    bodies = {name: [predict_body(png) for png in CANVASES[name](32)] for name in canvases}
     images = np.random.default_rng(0).random((32, 1, 1, 28, 28), dtype=np.float32)
     apps = {}
     for store in args.store:
@@ -68,7 +71,7 @@ def main():
     def start_response(status, headers, exc_info=None):
         assert status.startswith("200"), status
 
-    def request_block(app):
+    def request_block(app, bodies):
         t = time.thread_time()
         for i in range(args.block_size):
             b"".join(app.wsgi_app(environ(bodies[i % len(bodies)]), start_response))
@@ -81,29 +84,31 @@ def main():
             model.logits(images[i % len(images)])
         return (time.thread_time() - t) / args.block_size * 1000
 
+    cases = [(store, name) for store in apps for name in canvases]
     try:
-        for app in apps.values():  # warm up
-            request_block(app)
-        times = {store: {"request": [], "inference": []} for store in apps}
+        for store, name in cases:  # warm up
+            request_block(apps[store], bodies[name])
+        times = {case: {"request": [], "inference": []} for case in cases}
         for _ in range(args.blocks):
-            for store, app in apps.items():
-                times[store]["request"].append(request_block(app))
-                times[store]["inference"].append(inference_block(app))
+            for store, name in cases:
+                times[store, name]["request"].append(request_block(apps[store], bodies[name]))
+                times[store, name]["inference"].append(inference_block(apps[store]))
     finally:
         os.dup2(stderr, 2)
 
-    results = {"machine": machine.describe(), "canvases": args.canvases, "blocks": args.blocks,
-               "block_size": args.block_size, "stores": {}}
-    for store, app in apps.items():
-        model = app.model_holder.current
-        entry = {"version": model.version, "quantization": model.meta.get("quantization", {}).get("scheme", "none"),
+    results = {"machine": machine.describe(), "blocks": args.blocks, "block_size": args.block_size, "cases": []}
+    for store, name in cases:
+        model = apps[store].model_holder.current
+        entry = {"store": store, "canvases": name, "body_bytes": round(statistics.mean(map(len, bodies[name]))),
+                 "version": model.version, "quantization": model.meta.get("quantization", {}).get("scheme", "none"),
                  "model_bytes": model.meta.get("size_bytes")}
-        for kind, values in times[store].items():
+        for kind, values in times[store, name].items():
             entry[f"{kind}_cpu_ms"] = {"median": round(statistics.median(values), 4), "min": round(min(values), 4)}
-        results["stores"][store] = entry
-        print(f"{store} ({entry['version']}, {entry['quantization']}, {entry['model_bytes']:,} bytes): "
-              f"request {entry['request_cpu_ms']['median']:.3f} ms (min {entry['request_cpu_ms']['min']:.3f}), "
-              f"inference {entry['inference_cpu_ms']['median']:.3f} ms (min {entry['inference_cpu_ms']['min']:.3f})")
+        results["cases"].append(entry)
+        print(f"{store} ({entry['version']}, {entry['quantization']}, {entry['model_bytes']:,} bytes), {name} "
+              f"canvases: request {entry['request_cpu_ms']['median']:.3f} ms "
+              f"(min {entry['request_cpu_ms']['min']:.3f}), inference {entry['inference_cpu_ms']['median']:.3f} ms "
+              f"(min {entry['inference_cpu_ms']['min']:.3f})")
     out = args.out or os.path.join(ROOT, "bench", "results", time.strftime("model-%Y%m%dT%H%M%SZ.json", time.gmtime()))
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:

@@ -3,11 +3,11 @@
 For each server (service: `python -m service`; baseline: bench/baseline_app, the
 original Flask-dev-server + torch app) it measures:
   - cold start: process launch -> first 200 on POST /predict, model on local disk;
-  - throughput posting 280x280 canvas PNGs as JSON data URLs, as the frontend sends them
-    (held-out handwriting rendered by the page's own pad.js and encoded by Chromium; see
-    frontend_canvases), at concurrency 1 and 8, with one load generator for both: one
-    client process per connection, raw sockets, keep-alive; requests/s, p50/p99 latency
-    and errors. Both servers run at once and take turns, --rounds times each, and each
+  - throughput posting 280x280 canvas PNGs as JSON data URLs with the preview asked for,
+    as the frontend sends them (held-out handwriting rendered and encoded by the page's
+    own pad.js in Chromium; see frontend_canvases), at concurrency 1 and 8, with one
+    load generator for both: one client process per connection, raw sockets,
+    keep-alive; requests/s, p50/p99 latency and errors. Both servers run at once and take turns, --rounds times each, and each
     figure is the median of those rounds, so the machine's drift hits both alike;
   - server CPU time per request: user+sys of every server process (/proc), divided by
     the requests answered in the same window;
@@ -52,12 +52,13 @@ TARGETS = {"throughput_ratio_c8": 3.0, "p99_ms_c8": 25.0, "errors": 0, "cpu_ms_p
 
 # ---- the requests: 280x280 canvases, as the frontend sends them ----------------------------
 
-def frontend_canvases(n):
+def frontend_canvases(n, rgba=False):
     """``n`` 280x280 canvas PNGs exactly as the frontend sends them: held-out MNIST digits
     traced into pen strokes (tests/frontend_helpers.py), in the handwriting evaluation's
     sizes, positions and pen widths, rendered by the page's own Pad (frontend/pad.js) in
     Chromium and encoded by it as the page sends them: black on white, 8-bit grey
-    (frontend/png.js)."""
+    (frontend/png.js). With ``rgba``, the same drawings encoded by the canvas's own
+    toDataURL instead (RGBA), as a browser without CompressionStream sends them."""
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from frontend_helpers import CHROMIUM, VARIANTS, launch_browser, mnist_to_strokes, place, validation_digits
     from playwright.sync_api import sync_playwright
@@ -87,14 +88,18 @@ def frontend_canvases(n):
             page = browser.new_page()
             page.route(f"{origin}/**", serve)
             page.goto(f"{origin}/")
-            urls = page.evaluate("""async (drawings) => {
-                const { Pad } = await import('/pad.js');
+            urls = page.evaluate("""async ([drawings, rgba]) => {
+                const { Pad, renderStrokes, EXPORT_SIZE } = await import('/pad.js');
                 return Promise.all(drawings.map(({ strokes, width }) => {
                     const pad = new Pad(document.createElement('canvas'), { widthFraction: width });
                     pad.strokes = strokes;
-                    return pad.toDataURL();
+                    if (!rgba) return pad.toDataURL();
+                    const canvas = document.createElement('canvas');
+                    canvas.width = canvas.height = EXPORT_SIZE;
+                    renderStrokes(canvas.getContext('2d'), EXPORT_SIZE, strokes, width);
+                    return canvas.toDataURL('image/png');
                 }));
-            }""", drawings)
+            }""", [drawings, rgba])
         finally:
             browser.close()
     return [base64.b64decode(url.split(",", 1)[1]) for url in urls]
@@ -120,7 +125,8 @@ def drawn_canvases(n, seed=0):
 
 
 # The PNGs a benchmark can post (--canvases): name -> function(n) returning n PNGs.
-CANVASES = {"frontend": frontend_canvases, "drawn": drawn_canvases}
+CANVASES = {"frontend": frontend_canvases, "frontend-rgba": lambda n: frontend_canvases(n, rgba=True),
+            "drawn": drawn_canvases}
 
 
 def predict_body(png):
@@ -478,8 +484,10 @@ def main():
                          "'old=env -C ../old python -m service' (same environment as the service)")
     ap.add_argument("--canvases", choices=CANVASES, default="frontend",
                     help="the PNGs posted: 'frontend' (default) renders held-out handwriting with the page's "
-                         "own pad.js in Chromium, as the frontend sends it; 'drawn' is Pillow-drawn random "
-                         "strokes on transparent, as runs before this flag posted")
+                         "own pad.js in Chromium, as the frontend sends it (8-bit grey); 'frontend-rgba' is the "
+                         "same drawings as the canvas's own RGBA PNG, as the frontend sent them before "
+                         "frontend/png.js; 'drawn' is Pillow-drawn random strokes on transparent, as runs "
+                         "before this flag posted")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--skip-deps", action="store_true", help="skip the fresh-venv install size")
     ap.add_argument("--quick", action="store_true", help="3 s phases, 1 round, 3 cold starts, no fresh venv")

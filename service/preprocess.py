@@ -19,6 +19,7 @@ are decoded by libspng (pyspng), in less than half of Pillow's time. Every other
 import base64
 import io
 import struct
+import zlib
 
 import numpy as np
 import pyspng
@@ -26,7 +27,8 @@ from PIL import Image, ImageChops, JpegImagePlugin, PngImagePlugin  # noqa: F401
 
 from .errors import ApiError
 
-FORMATS = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FORMATS = {PNG_SIGNATURE: "PNG", b"\xff\xd8\xff": "JPEG"}
 # Recognised so we can answer "unsupported format" (415) rather than "not an image" (400).
 OTHER_FORMATS = {b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP", b"II*\x00": "TIFF",
                  b"MM\x00*": "TIFF", b"\x00\x00\x01\x00": "ICO", b"qoif": "QOI", b"<svg": "SVG",
@@ -217,8 +219,23 @@ def preprocess(data, max_pixels):
 
 def preview_data_url(x):
     """The 28x28 input as a PNG data URL, as the model saw it: white ink on black."""
-    buf = io.BytesIO()
-    # Stored, not deflated: at 28x28, deflating took three times as long as everything
-    # else here (zlib sets up its tables for every image) to save about 400 bytes.
-    Image.fromarray(np.round(x * 255).astype(np.uint8), "L").save(buf, "PNG", compress_level=0)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return "data:image/png;base64," + base64.b64encode(grey_png(np.round(x * 255).astype(np.uint8))).decode()
+
+
+def grey_png(pixels):
+    """A uint8 [h, w] array as an 8-bit greyscale PNG, stored rather than deflated.
+
+    The frontend asks for the preview with every prediction. Pillow took 77 us to write
+    this 28x28 image (41 us stored), most of it Python set-up and zlib preparing its
+    tables, about a tenth of the whole request; this takes 8 us. Stored, the PNG is 400
+    bytes longer than deflated, which costs nothing worth counting.
+    """
+    h, w = pixels.shape
+    rows = np.zeros((h, w + 1), np.uint8)  # each row: filter type 0 (none), then the pixels
+    rows[:, 1:] = pixels
+    return b"".join((PNG_SIGNATURE, _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, GREY, 0, 0, 0)),
+                     _chunk(b"IDAT", zlib.compress(rows.tobytes(), 0)), _chunk(b"IEND", b"")))
+
+
+def _chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
