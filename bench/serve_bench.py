@@ -7,8 +7,9 @@ original Flask-dev-server + torch app) it measures:
     as the frontend sends them (held-out handwriting rendered and encoded by the page's
     own pad.js in Chromium; see frontend_canvases), at concurrency 1 and 8, with one
     load generator for both: one client process per connection, raw sockets,
-    keep-alive; requests/s, p50/p99 latency and errors. Both servers run at once and take turns, --rounds times each, and each
-    figure is the median of those rounds, so the machine's drift hits both alike;
+    keep-alive; requests/s, p50/p99 latency and errors. Both servers run at once and
+    take turns, --rounds times each, and each figure is the median of those rounds, so
+    the machine's drift hits both alike;
   - server CPU time per request: user+sys of every server process (/proc), divided by
     the requests answered in the same window;
   - peak RSS (VmHWM summed over the server's processes) and PSS.
@@ -89,15 +90,11 @@ def frontend_canvases(n, rgba=False):
             page.route(f"{origin}/**", serve)
             page.goto(f"{origin}/")
             urls = page.evaluate("""async ([drawings, rgba]) => {
-                const { Pad, renderStrokes, EXPORT_SIZE } = await import('/pad.js');
+                const { Pad } = await import('/pad.js');
                 return Promise.all(drawings.map(({ strokes, width }) => {
                     const pad = new Pad(document.createElement('canvas'), { widthFraction: width });
                     pad.strokes = strokes;
-                    if (!rgba) return pad.toDataURL();
-                    const canvas = document.createElement('canvas');
-                    canvas.width = canvas.height = EXPORT_SIZE;
-                    renderStrokes(canvas.getContext('2d'), EXPORT_SIZE, strokes, width);
-                    return canvas.toDataURL('image/png');
+                    return rgba ? pad.exportCanvas().toDataURL('image/png') : pad.toDataURL();
                 }));
             }""", [drawings, rgba])
         finally:

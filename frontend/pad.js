@@ -92,18 +92,24 @@ export class Pad {
     return true;
   }
 
+  /** The drawing rendered afresh on a new canvas, EXPORT_SIZE pixels square, black on white. */
+  exportCanvas() {
+    const out = document.createElement('canvas');
+    out.width = out.height = EXPORT_SIZE;
+    const ctx = out.getContext('2d', { willReadFrequently: true });
+    renderStrokes(ctx, EXPORT_SIZE, this.strokes, this.widthFraction);
+    return out;
+  }
+
   /**
    * The drawing as a PNG data URL, EXPORT_SIZE pixels square, black on white: 8-bit grey
    * (png.js), or the canvas's own RGBA where the browser cannot deflate. Resolves to the URL.
    */
   async toDataURL() {
-    const out = document.createElement('canvas');
-    out.width = out.height = EXPORT_SIZE;
-    const ctx = out.getContext('2d', { willReadFrequently: true });
-    renderStrokes(ctx, EXPORT_SIZE, this.strokes, this.widthFraction);
+    const out = this.exportCanvas();
     if (!canEncodeGreyPNG) return out.toDataURL('image/png');
     // Black on white: red, green and blue are equal, so the red channel is the grey.
-    const rgba = ctx.getImageData(0, 0, EXPORT_SIZE, EXPORT_SIZE).data;
+    const rgba = out.getContext('2d').getImageData(0, 0, EXPORT_SIZE, EXPORT_SIZE).data;
     const grey = new Uint8Array(EXPORT_SIZE * EXPORT_SIZE);
     for (let i = 0; i < grey.length; i++) grey[i] = rgba[4 * i];
     return pngDataURL(await encodeGreyPNG(grey, EXPORT_SIZE, EXPORT_SIZE));

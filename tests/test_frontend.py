@@ -119,13 +119,10 @@ def post_image(service, data_url):
 def canvas_pngs(page, strokes):
     """The pad's PNG for ``strokes`` and, rendered the same way, the canvas's own RGBA PNG."""
     urls = page.evaluate("""async (strokes) => {
-        const { Pad, renderStrokes, EXPORT_SIZE } = await import('/pad.js');
+        const { Pad } = await import('/pad.js');
         const pad = new Pad(document.createElement('canvas'));
         pad.strokes = strokes;
-        const canvas = document.createElement('canvas');
-        canvas.width = canvas.height = EXPORT_SIZE;
-        renderStrokes(canvas.getContext('2d'), EXPORT_SIZE, strokes, pad.widthFraction);
-        return [await pad.toDataURL(), canvas.toDataURL('image/png')];
+        return [await pad.toDataURL(), pad.exportCanvas().toDataURL('image/png')];
     }""", strokes)
     return [Image.open(io.BytesIO(base64.b64decode(u.split(",", 1)[1]))) for u in urls], urls
 
