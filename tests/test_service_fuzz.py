@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
+from service import preprocess
 from service.app import create_app
 from service_helpers import b64, draw_digit, jpeg_bytes, png_bytes
 
@@ -22,6 +23,8 @@ MAX_PIXELS = 1000 * 1000
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PNG = png_bytes(draw_digit(7))
 JPEG = jpeg_bytes(draw_digit(7))
+# What the frontend sends: grey, every row unfiltered (decoded by its own path).
+GREY = preprocess.grey_png(np.asarray(draw_digit(7, background=(255, 255, 255, 255), mode="L")), level=6)
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +63,14 @@ def test_random_bytes(client, data, content_type):
 
 
 @FUZZ
-@given(base=st.sampled_from([PNG, JPEG]), data=st.data())
+@given(base=st.sampled_from([PNG, GREY, JPEG]), data=st.data())
 def test_truncated_images(client, base, data):
     cut = data.draw(st.integers(0, len(base) - 1))
     check(post_raw(client, base[:cut]), allow_ok=True)
 
 
 @FUZZ
-@given(base=st.sampled_from([PNG, JPEG]), data=st.data())
+@given(base=st.sampled_from([PNG, GREY, JPEG]), data=st.data())
 def test_corrupted_images(client, base, data):
     damaged = bytearray(base)
     for _ in range(data.draw(st.integers(1, 8))):

@@ -155,6 +155,65 @@ def test_grey_png_as_the_frontend_sends_gives_the_input_of_the_rgb_canvas():
     np.testing.assert_array_equal(prep(grey), prep(png_bytes(white)))
 
 
+def unfiltered_grey_png(rows, height, width):
+    """A grey PNG whose IDAT is the zlib of ``rows`` (filter bytes included), as given."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"".join((preprocess.PNG_SIGNATURE, preprocess._chunk(b"IHDR", ihdr),
+                     preprocess._chunk(b"IDAT", zlib.compress(rows)), preprocess._chunk(b"IEND", b"")))
+
+
+@pytest.fixture
+def libspng_calls(monkeypatch):
+    """The number of PNGs libspng decoded, so far in this test."""
+    calls = []
+    real = preprocess.pyspng.load
+
+    def load(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(preprocess.pyspng, "load", load)
+    return calls
+
+
+def test_frontend_grey_png_is_inflated_without_libspng(libspng_calls):
+    # frontend/png.js writes every row with filter type 0 (none), as grey_png does.
+    white = draw_digit(7, background=(255, 255, 255, 255), mode="RGB")
+    pixels = np.asarray(white.convert("L"))
+    data = preprocess.grey_png(pixels, level=6)
+    np.testing.assert_array_equal(np.asarray(preprocess.decode(data, MAX_PIXELS)), pixels)
+    np.testing.assert_array_equal(prep(data), prep(png_bytes(white)))
+    assert libspng_calls == []
+
+
+def test_grey_png_with_a_filtered_row_is_decoded_by_libspng(libspng_calls):
+    pixels = np.asarray(draw_digit(7, background=(255, 255, 255, 255), mode="L"))
+    rows = np.zeros((pixels.shape[0], pixels.shape[1] + 1), np.uint8)
+    rows[:, 1:] = pixels
+    rows[100, 0], rows[100, 1:] = 2, pixels[100] - pixels[99]  # filter type 2 (up), modulo 256
+    data = unfiltered_grey_png(rows.tobytes(), *pixels.shape)
+    np.testing.assert_array_equal(np.asarray(preprocess.decode(data, MAX_PIXELS)), pixels)
+    assert len(libspng_calls) == 1
+
+
+@pytest.mark.parametrize("damage", ["a row short", "stream cut", "unknown filter type"])
+def test_broken_unfiltered_grey_png_is_400(damage):
+    rows = np.zeros((20, 31), np.uint8)
+    rows[:, 1:] = 255
+    raw = rows.tobytes()
+    if damage == "a row short":
+        data = unfiltered_grey_png(raw[:-31], 20, 30)
+    elif damage == "stream cut":
+        data = unfiltered_grey_png(raw, 20, 30)
+        data = data.replace(zlib.compress(raw), zlib.compress(raw)[:-20])  # the CRC no longer matters
+    else:
+        rows[7, 0] = 7
+        data = unfiltered_grey_png(rows.tobytes(), 20, 30)
+    e = api_error(preprocess.decode, data, MAX_PIXELS)
+    assert (e.status, e.code) == (400, "not_an_image")
+    assert "send a complete, uncorrupted PNG" in e.message
+
+
 def test_grey_png_with_a_transparent_grey_key_is_composited_onto_white():
     # Grey 128 is the background here, and the tRNS chunk makes it transparent: it is
     # paper, not a canvas covered in mid-grey ink.
