@@ -39,7 +39,8 @@ export const canEncodeGreyPNG = typeof CompressionStream === 'function';
  */
 export async function encodeGreyPNG(grey, width, height) {
   // Every row gets filter type 0 (none): on black-on-white drawings it compressed
-  // smaller than Up or Sub, and it is the cheapest for the server to undo.
+  // smaller than Up or Sub, and the server then has nothing to undo: it only inflates
+  // (service/preprocess.py).
   const raw = new Uint8Array(height * (width + 1));
   for (let y = 0; y < height; y++) raw.set(grey.subarray(y * width, (y + 1) * width), y * (width + 1) + 1);
   // CompressionStream's "deflate" is the zlib format (RFC 1950), which is what IDAT holds.
