@@ -80,14 +80,22 @@ def latest_version(store_uri):
     return pointer["version"]
 
 
+SERVERS = {  # the command lines that serve the app
+    "granian": [sys.executable, "-m", "service"],  # the container's command
+    "gunicorn": [sys.executable, "-m", "gunicorn", "-c", "python:service.gunicorn_conf"],
+}
+
+
 class ServiceProcess:
-    """A real `python -m service` (Granian) on 127.0.0.1 with its logs in a file.
+    """A real `python -m service` (Granian), or the app under gunicorn (``server=
+    "gunicorn"``), on 127.0.0.1 with its logs in a file.
 
     It starts at once unless ``start=False``; after ``stop()``, ``start()`` runs it again on
     the same port, appending to the same log. ``env`` overrides the environment.
     """
 
-    def __init__(self, tmp_path, port=None, start=True, **env):
+    def __init__(self, tmp_path, port=None, start=True, server="granian", **env):
+        self.command = SERVERS[server]
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = os.path.join(tmp_path, f"service-{self.port}.log")
@@ -99,7 +107,7 @@ class ServiceProcess:
 
     def start(self):
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=self.env,
+        self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env,
                                      stdout=self._log, stderr=subprocess.STDOUT)
         return self
 

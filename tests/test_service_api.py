@@ -1,6 +1,8 @@
-"""The whole HTTP API contract, run twice: through Flask's test client and against a real
-`python -m service` (Granian, 2 workers) on 127.0.0.1. Every response is checked
-against the served OpenAPI document. The model is the one trained in this test run."""
+"""The whole HTTP API contract, run three times: through Flask's test client, against a
+real `python -m service` (Granian, the container's command) and against the app under a
+real gunicorn (service/gunicorn_conf.py), each server with 2 workers on 127.0.0.1. Every
+response is checked against the served OpenAPI document. The model is the one trained in
+this test run."""
 import base64
 import io
 import json
@@ -36,7 +38,7 @@ def frontend(tmp_path_factory):
     return str(path)
 
 
-@pytest.fixture(scope="module", params=["flask", "server"])
+@pytest.fixture(scope="module", params=["flask", "granian", "gunicorn"])
 def api(request, store, frontend, tmp_path_factory):
     settings = {"MODEL_URI": store, "MODEL_POLL_SECONDS": 0, "CORS_ORIGINS": ALLOWED_ORIGIN,
                 "FRONTEND_DIR": frontend, "MAX_BODY_BYTES": MAX_BODY}
@@ -45,8 +47,8 @@ def api(request, store, frontend, tmp_path_factory):
         assert app.model_holder.wait_ready(60)
         yield Api(FlaskClient(app), None)
     else:
-        with ServiceProcess(str(tmp_path_factory.mktemp("server")), WEB_CONCURRENCY=2, THREADS=2,
-                            **settings) as server:
+        with ServiceProcess(str(tmp_path_factory.mktemp("server")), server=request.param, WEB_CONCURRENCY=2,
+                            THREADS=2, **settings) as server:
             server.wait_ready()
             yield Api(HttpClient(server.url), server)
 
