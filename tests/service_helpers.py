@@ -5,9 +5,11 @@ import base64
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
+import zlib
 
 import requests
 from PIL import Image, ImageDraw
@@ -41,6 +43,17 @@ def png_bytes(im, **save_args):
     buf = io.BytesIO()
     im.save(buf, "PNG", **save_args)
     return buf.getvalue()
+
+
+def png_from_rows(rows, width, height, bit_depth=8, colour_type=0):
+    """A PNG framed by hand around ``rows`` (the raw scanlines, filter bytes included, as
+    given): whatever the header claims, so tests can build PNGs no encoder would write."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
 
 
 def jpeg_bytes(im, quality=90):

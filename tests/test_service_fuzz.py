@@ -4,7 +4,6 @@ modes, animations, giant dimensions, malformed JSON) gets a JSON answer and neve
 import io
 import json
 import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from service import preprocess
 from service.app import create_app
-from service_helpers import b64, draw_digit, jpeg_bytes, png_bytes
+from service_helpers import b64, draw_digit, jpeg_bytes, png_bytes, png_from_rows
 
 # Pillow warns about big images before our own check answers 413; that is expected here.
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -123,17 +122,11 @@ def png16(pixels):
     """A 16-bit RGB or RGBA PNG of ``pixels`` (uint16 [h, w, 3 or 4])."""
     h, w, channels = pixels.shape
     rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)
-    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2 if channels == 3 else 6, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-
-
-def chunk(kind, data):
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return png_from_rows(rows, w, h, 16, 2 if channels == 3 else 6)
 
 
 def png_header(width, height, bit_depth=8, color_type=0):
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return png_from_rows(b"\0" * 64, width, height, bit_depth, color_type)
 
 
 def jpeg_header(width, height):

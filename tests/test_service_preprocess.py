@@ -1,6 +1,5 @@
 """Preprocessing on known shapes: the canvas -> MNIST recipe, and how odd images are handled."""
 import io
-import struct
 import time
 import zlib
 
@@ -10,7 +9,7 @@ from PIL import Image, ImageDraw
 
 from service import preprocess
 from service.errors import ApiError
-from service_helpers import draw_digit, jpeg_bytes, png_bytes
+from service_helpers import draw_digit, jpeg_bytes, png_bytes, png_from_rows
 
 # Pillow warns about big images before our own check answers 413; that is expected here.
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -155,13 +154,6 @@ def test_grey_png_as_the_frontend_sends_gives_the_input_of_the_rgb_canvas():
     np.testing.assert_array_equal(prep(grey), prep(png_bytes(white)))
 
 
-def unfiltered_grey_png(rows, height, width):
-    """A grey PNG whose IDAT is the zlib of ``rows`` (filter bytes included), as given."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"".join((preprocess.PNG_SIGNATURE, preprocess._chunk(b"IHDR", ihdr),
-                     preprocess._chunk(b"IDAT", zlib.compress(rows)), preprocess._chunk(b"IEND", b"")))
-
-
 @pytest.fixture
 def libspng_calls(monkeypatch):
     """The number of PNGs libspng decoded, so far in this test."""
@@ -191,7 +183,8 @@ def test_grey_png_with_a_filtered_row_is_decoded_by_libspng(libspng_calls):
     rows = np.zeros((pixels.shape[0], pixels.shape[1] + 1), np.uint8)
     rows[:, 1:] = pixels
     rows[100, 0], rows[100, 1:] = 2, pixels[100] - pixels[99]  # filter type 2 (up), modulo 256
-    data = unfiltered_grey_png(rows.tobytes(), *pixels.shape)
+    height, width = pixels.shape
+    data = png_from_rows(rows.tobytes(), width, height)
     np.testing.assert_array_equal(np.asarray(preprocess.decode(data, MAX_PIXELS)), pixels)
     assert len(libspng_calls) == 1
 
@@ -202,13 +195,13 @@ def test_broken_unfiltered_grey_png_is_400(damage):
     rows[:, 1:] = 255
     raw = rows.tobytes()
     if damage == "a row short":
-        data = unfiltered_grey_png(raw[:-31], 20, 30)
+        data = png_from_rows(raw[:-31], 30, 20)
     elif damage == "stream cut":
-        data = unfiltered_grey_png(raw, 20, 30)
+        data = png_from_rows(raw, 30, 20)
         data = data.replace(zlib.compress(raw), zlib.compress(raw)[:-20])  # the CRC no longer matters
     else:
         rows[7, 0] = 7
-        data = unfiltered_grey_png(rows.tobytes(), 20, 30)
+        data = png_from_rows(rows.tobytes(), 30, 20)
     e = api_error(preprocess.decode, data, MAX_PIXELS)
     assert (e.status, e.code) == (400, "not_an_image")
     assert "send a complete, uncorrupted PNG" in e.message
@@ -249,10 +242,7 @@ def test_animated_png_uses_the_first_frame():
 
 def png_header_only(width, height):
     """A PNG that claims width x height (a decompression bomb's header) with a tiny IDAT."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return png_from_rows(b"\0" * 64, width, height)
 
 
 @pytest.mark.parametrize("size", [(100_000, 100_000), (2049, 2048), (1, 5_000_000)])
