@@ -125,15 +125,13 @@ def _canvas_png(data, max_pixels):
     # colour key (Pillow composites it), is left to Pillow.
     if {b"acTL", b"tRNS"} & kinds:
         return None
-    if colour == GREY and methods == [0, 0, 0]:
-        pixels = _unfiltered(pixel_data, width, height)
-        if pixels is not None:
-            return Image.frombuffer("L", (width, height), pixels, "raw", "L", 0, 1)
-    try:
-        pixels = pyspng.load(data, "L" if colour == GREY else "RGBA")
-    except RuntimeError as e:  # pyspng's only error type; the message names the problem
-        raise ApiError(400, "not_an_image",
-                       f"cannot decode the PNG image ({e}); send a complete, uncorrupted PNG or JPEG") from None
+    pixels = _unfiltered(pixel_data, width, height) if colour == GREY and methods == [0, 0, 0] else None
+    if pixels is None:
+        try:
+            pixels = pyspng.load(data, "L" if colour == GREY else "RGBA")
+        except RuntimeError as e:  # pyspng's only error type; the message names the problem
+            raise ApiError(400, "not_an_image",
+                           f"cannot decode the PNG image ({e}); send a complete, uncorrupted PNG or JPEG") from None
     if colour == GREY:
         return Image.frombuffer("L", (width, height), pixels, "raw", "L", 0, 1)
     # A fully opaque canvas (any browser's black on white) is RGB for our purposes: as
