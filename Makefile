@@ -16,10 +16,11 @@ PORT ?= 8080
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt training/requirements.txt service/requirements.txt tests/requirements.txt
+$(STAMP): requirements.txt training/requirements.txt service/requirements.txt tests/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 # Debian's Chromium for the browser tests, shellcheck for the infra scripts (needs root, as in CI).

@@ -3,7 +3,7 @@
 Each of the last 1,000 digits of training/sample (the validation split that training
 never sees) is thinned to a skeleton (Zhang-Suen), traced into pen strokes, and replayed
 with mouse events on the DigitDraw page in Chromium, at several sizes, positions and pen
-widths (tests/frontend_helpers.py: VARIANTS). The page sends its canvas to the real
+widths (bench/handwriting.py: VARIANTS). The page sends its canvas to the real
 service, which preprocesses it and runs the model; the eval reads the page's answer.
 
     python bench/handwriting_eval.py --model-uri model-store        # starts the service
@@ -28,13 +28,10 @@ import sys
 import time
 from collections import Counter
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-
-from conftest import wait_http  # noqa: E402
-from frontend_helpers import (VARIANTS, Service, accuracy, launch_browser,  # noqa: E402
-                              replay_handwriting, validation_digits)
+from bench.handwriting import VARIANTS, validation_digits
+from bench.page import accuracy, launch_browser, replay_handwriting
+from bench import ROOT
+from bench.servers import service
 
 
 def parse_args():
@@ -109,11 +106,8 @@ def main():
     print(f"handwriting eval: {len(images)} held-out digits, "
           f"{'every variant' if args.every_variant else 'one variant each (round robin)'}", flush=True)
 
-    service = None
-    if args.url is None:
-        service = Service(os.path.abspath(args.model_uri)).start()
-    url = (args.url or service.url).rstrip("/")
-    wait_http(f"{url}/readyz", timeout=60)
+    server = None if args.url else service(os.path.abspath(args.model_uri)).wait_ready()
+    url = (args.url or server.url).rstrip("/")
     started = time.monotonic()
     try:
         import urllib.request
@@ -126,8 +120,8 @@ def main():
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
             records = [r for chunk in pool.map(write_chunk, jobs) for r in chunk]
     finally:
-        if service is not None:
-            service.stop()
+        if server is not None:
+            server.stop()
     elapsed = time.monotonic() - started
 
     by_variant = {v["name"]: accuracy([r for r in records if r["variant"] == v["name"]]) for v in VARIANTS}

@@ -18,14 +18,11 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import machine  # noqa: E402  bench/machine.py
-from service.store import StoreError, load_verified, open_store  # noqa: E402
-from training.data import DATA_ERRORS, TEST_IMAGES, TEST_LABELS, read_pair  # noqa: E402
-from training.quantize import predict  # noqa: E402
+from bench import machine
+from bench import ROOT
+from service.store import StoreError, load_verified, open_store
+from training.data import DATA_ERRORS, TEST_IMAGES, TEST_LABELS, read_pair
+from training.evaluate import predict
 
 
 def model_from_store(uri):

@@ -27,13 +27,12 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import machine  # noqa: E402  bench/machine.py
-from serve_bench import CANVASES, predict_body  # noqa: E402
-from service.app import create_app  # noqa: E402
+from bench import machine
+from bench.canvases import CANVASES
+from bench.load import predict_body
+from bench import ROOT
+from service.app import create_app
+from service.contract import INPUT_SHAPE
 
 
 def environ(body):
@@ -55,7 +54,7 @@ def main():
 
     canvases = args.canvases or ["frontend"]
     bodies = {name: [predict_body(png) for png in CANVASES[name](32)] for name in canvases}
-    images = np.random.default_rng(0).random((32, 1, 1, 28, 28), dtype=np.float32)
+    images = np.random.default_rng(0).random((32, 1, *INPUT_SHAPE[1:]), dtype=np.float32)
     apps = {}
     for store in args.store:
         # LOG_LEVEL info as deployed; the log lines go to /dev/null.

@@ -8,14 +8,11 @@ service reads it, and the page is captured with its answer.
 """
 import argparse
 import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-
-from conftest import wait_http  # noqa: E402
-from frontend_helpers import DIGITS, Service, draw_mouse, draw_touch, launch_browser, place, wait_for_answer  # noqa: E402
+from bench.handwriting import DIGITS, place
+from bench.page import draw_mouse, draw_touch, launch_browser, wait_for_answer
+from bench import ROOT
+from bench.servers import service
 
 
 def main():
@@ -28,9 +25,8 @@ def main():
 
     from playwright.sync_api import sync_playwright
 
-    service = None if args.url else Service(os.path.abspath(args.model_uri)).start()
-    url = (args.url or service.url).rstrip("/")
-    wait_http(f"{url}/readyz", timeout=60)
+    server = None if args.url else service(os.path.abspath(args.model_uri)).wait_ready()
+    url = (args.url or server.url).rstrip("/")
     os.makedirs(args.out_dir, exist_ok=True)
     try:
         with sync_playwright() as pw:
@@ -57,8 +53,8 @@ def main():
             print(f"{path}: reads {read}")
             browser.close()
     finally:
-        if service is not None:
-            service.stop()
+        if server is not None:
+            server.stop()
 
 
 if __name__ == "__main__":

@@ -1,14 +1,14 @@
 """Training benchmark: our recipe against the original app's, same data, machine and time budget.
 
-Both recipes run through the same Ray Train loop (training/train.py), one after the
-other in one embedded Ray session, each stopped after the epoch that passes
-``--budget-s`` seconds:
+Both recipes run through the same Ray Train driver (training/trainer.py), one after the
+other in one embedded Ray session, on the same data and workers:
 
-- ours: DigitNet, batched canvas augmentation, SGD + one-cycle, label smoothing, bf16 autocast
-  where the CPU has it (precision "auto"),
-  DEFAULT_CONFIG epochs (or --epochs);
-- original: the PyTorch-examples MNIST CNN (conv32, conv64, fc128, dropout), Adadelta
-  lr 1.0, StepLR gamma 0.7 per epoch, batch 64, no augmentation, float32.
+- ours: training/worker.py as `python -m training` runs it (DigitNet, batched canvas
+  augmentation, SGD + one-cycle, label smoothing, bf16 autocast where the CPU has it), for
+  its RECIPE epochs (or --epochs): a schedule sized to end inside the budget;
+- original: bench/baseline_recipe.py (the PyTorch-examples MNIST CNN, Adadelta lr 1.0,
+  StepLR gamma 0.7 per epoch, batch 64, no augmentation, float32), stopped after the
+  epoch that passes ``--budget-s`` seconds.
 
 Recorded per recipe: validation accuracy per epoch with elapsed time, time to 98% and
 99% validation accuracy (from the start of trainer.fit, so worker start-up counts),
@@ -25,27 +25,18 @@ import argparse
 import datetime
 import json
 import os
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from training.trainer import RECIPE, use_local_ray_env
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+use_local_ray_env()  # before Ray is imported: it reads them then
 
-import machine  # noqa: E402  bench/machine.py
-from training.__main__ import start_ray  # noqa: E402
+from bench import baseline_recipe, machine  # noqa: E402
+from bench import ROOT  # noqa: E402
+from training import checkpoints  # noqa: E402
 from training.data import load_mnist  # noqa: E402
-from training.train import DEFAULT_CONFIG, load_checkpoint, run_training  # noqa: E402
-
-ORIGINAL = {"arch": "examples", "optimizer": "adadelta", "lr": 1.0, "batch_size": 64, "augment": False,
-            "label_smoothing": 0.0, "weight_decay": 0.0, "precision": "fp32",
-            "epochs": 1000}  # epochs: the budget stops it; float32 as in the original app
+from training.trainer import run_training, start_ray  # noqa: E402
 
 
 def first_reaching(history, acc):
@@ -53,14 +44,21 @@ def first_reaching(history, acc):
     return next((m["elapsed_s"] for m in history if m["val_acc"] >= acc), None)
 
 
-def run_recipe(name, recipe, data, args, storage):
+def history_of(result, name):
+    """The per-epoch metrics a recipe's last checkpoint holds."""
+    if name == "ours":
+        return checkpoints.load(result.checkpoint)["history"]
+    with result.checkpoint.as_directory() as d, open(os.path.join(d, "history.json")) as f:
+        return json.load(f)
+
+
+def run_recipe(name, recipe, loop, data, args, storage):
     t0 = time.time()
-    result = run_training({**recipe, "t0": t0, "time_budget_s": args.budget_s}, data,
-                          num_workers=args.num_workers, storage_path=storage, run_name=f"bench-{name}",
-                          max_failures=0, keep_checkpoints=1)
+    result = run_training(recipe, data, num_workers=args.num_workers, storage_path=storage,
+                          run_name=f"bench-{name}", max_failures=0, keep_checkpoints=1, t0=t0, loop=loop)
     if result.error:
         raise SystemExit(f"{name}: training failed: {result.error}")
-    history = load_checkpoint(result.checkpoint)["history"]
+    history = history_of(result, name)
     first = history[0]
     return {
         "recipe": {k: v for k, v in recipe.items()},
@@ -87,7 +85,7 @@ def main():
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--data", default="bundled")
     parser.add_argument("--max-train-samples", type=int, default=None)
-    parser.add_argument("--epochs", type=int, default=DEFAULT_CONFIG["epochs"], help="epochs of our recipe")
+    parser.add_argument("--epochs", type=int, default=RECIPE["epochs"], help="epochs of our recipe")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     args = parser.parse_args()
 
@@ -98,9 +96,11 @@ def main():
     ray_start_s = start_ray(args.num_workers, print)
     results = {}
     with tempfile.TemporaryDirectory() as storage:
-        for name, recipe in (("ours", {"epochs": args.epochs}), ("original", ORIGINAL)):
+        original = {**baseline_recipe.RECIPE, "time_budget_s": args.budget_s}
+        for name, recipe, loop in (("ours", {"epochs": args.epochs}, None),
+                                   ("original", original, baseline_recipe.train_loop_per_worker)):
             print(f"--- {name}: up to {args.budget_s:.0f}s", flush=True)
-            results[name] = run_recipe(name, recipe, data, args, storage)
+            results[name] = run_recipe(name, recipe, loop, data, args, storage)
     ours, orig = results["ours"], results["original"]
     err = lambda r: 1 - r["final_val_acc"]  # noqa: E731
     report = {

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from . import contract
 from . import store as model_store
 
 log = logging.getLogger("service.model")
@@ -22,7 +23,7 @@ class ModelInvalid(Exception):
 
 
 class Model:
-    """A verified ONNX model: float32 [N,1,28,28] in, [N,10] logits out."""
+    """A verified ONNX model: the store contract's input in, logits out."""
 
     def __init__(self, onnx_bytes, meta):
         import onnxruntime as ort
@@ -38,21 +39,22 @@ class Model:
         except Exception as e:
             raise ModelInvalid(f"ONNX Runtime cannot load the model: {e}") from e
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or list(inputs[0].shape[1:]) != [1, 28, 28] or inputs[0].type != "tensor(float)":
-            raise ModelInvalid(f"expected one float input [N,1,28,28], got "
+        if (len(inputs) != 1 or list(inputs[0].shape[1:]) != contract.INPUT_SHAPE[1:]
+                or inputs[0].type != "tensor(float)"):
+            raise ModelInvalid(f"expected one float input {contract.INPUT_SHAPE}, got "
                                f"{[(i.name, i.type, i.shape) for i in inputs]}")
-        if list(outputs[0].shape[1:]) != [10]:
-            raise ModelInvalid(f"expected output [N,10], got {[(o.name, o.shape) for o in outputs]}")
+        if list(outputs[0].shape[1:]) != contract.OUTPUT_SHAPE[1:]:
+            raise ModelInvalid(f"expected output {contract.OUTPUT_SHAPE}, got {[(o.name, o.shape) for o in outputs]}")
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
         self.meta = meta
         self.version = str(meta.get("version", "unknown"))
-        logits = self.logits(np.zeros((2, 1, 28, 28), np.float32))  # also warms up the session
-        if logits.shape != (2, 10) or not np.isfinite(logits).all():
+        logits = self.logits(np.zeros((2, *contract.INPUT_SHAPE[1:]), np.float32))  # also warms up the session
+        if logits.shape != (2, contract.CLASSES) or not np.isfinite(logits).all():
             raise ModelInvalid(f"a test inference gave logits of shape {logits.shape} "
                                f"(finite: {bool(np.isfinite(logits).all())}); expected finite [2,10]")
 
     def logits(self, x):
-        """float32 [N,1,28,28] -> float32 [N,10]."""
+        """The contract's input, float32 [N, 1, 28, 28] -> logits, float32 [N, 10]."""
         return self.session.run([self.output_name], {self.input_name: x})[0]
 
 
@@ -132,7 +134,7 @@ class ModelHolder:
         pointer, token = store.read_latest()
         if pointer is None:
             raise model_store.StoreNotFound(
-                f"no model published in {store.uri} yet ({model_store.LATEST} is missing); "
+                f"no model published in {store.uri} yet ({contract.LATEST} is missing); "
                 f"train and publish one with `python -m training --publish {self.uri}`")
         version = pointer["version"]
         if self.current is not None and version == self.current.version:
@@ -145,7 +147,6 @@ class ModelHolder:
         started = time.monotonic()
         try:
             onnx_bytes, meta = model_store.load_verified(store, version)
-            meta = {**meta, "version": meta.get("version", version)}
             model = Model(onnx_bytes, meta)
         except (model_store.StoreUnreachable, model_store.StoreNotFound) as e:
             raise model_store.StoreUnreachable(f"cannot fetch model {version}: {e}") from e

@@ -1,7 +1,7 @@
 """The Open Inference Protocol v2 (REST), so KServe clients and tools work unchanged.
 
-The model is called ``digitdraw``. /infer takes the model's own input, an FP32 tensor
-[N,1,28,28] (already preprocessed: ink 1.0, background 0.0) as JSON data, flat or
+The model is called ``digitdraw``. /infer takes the model's own input (service/contract.py:
+an FP32 tensor, already preprocessed, ink 1.0 and background 0.0) as JSON data, flat or
 nested, and returns two outputs: the logits and the probabilities. The binary tensor
 extension is not supported. Errors use the service's JSON error body.
 """
@@ -11,6 +11,7 @@ import time
 import numpy as np
 from flask import request
 
+from . import contract
 from .errors import ApiError, json_response, not_ready
 from .model import softmax
 from .wsgi import MODEL_VERSION
@@ -23,7 +24,7 @@ def register(app, holder, max_batch):
     def model_or_503():
         model = holder.current
         if model is None:
-            raise not_ready(holder)
+            raise not_ready()
         return model
 
     @app.get("/v2")
@@ -49,23 +50,23 @@ def register(app, holder, max_batch):
         model = model_or_503()
         return json_response({
             "name": NAME, "versions": [model.version], "platform": "onnxruntime_onnx",
-            "inputs": [{"name": model.input_name, "datatype": "FP32", "shape": [-1, 1, 28, 28]}],
-            "outputs": [{"name": model.output_name, "datatype": "FP32", "shape": [-1, 10]},
-                        {"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, 10]}]})
+            "inputs": [{"name": model.input_name, "datatype": "FP32", "shape": [-1, *contract.INPUT_SHAPE[1:]]}],
+            "outputs": [{"name": model.output_name, "datatype": "FP32", "shape": [-1, *contract.OUTPUT_SHAPE[1:]]},
+                        {"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, *contract.OUTPUT_SHAPE[1:]]}]})
 
     @app.post(f"/v2/models/{NAME}/infer")
     def v2_infer():
         model = model_or_503()
         if request.headers.get("Inference-Header-Content-Length") or request.mimetype != "application/json":
-            raise ApiError(415, "unsupported_media_type",
+            raise ApiError("unsupported_media_type",
                            "send the inference request as application/json; the binary tensor extension "
                            "is not supported")
         try:
             body = json.loads(request.get_data(cache=False))
         except ValueError as e:
-            raise ApiError(400, "invalid_json", f"the body is not valid JSON ({e})") from None
+            raise ApiError("invalid_json", f"the body is not valid JSON ({e})") from None
         if not isinstance(body, dict):
-            raise ApiError(400, "invalid_json", "the body must be a JSON object with 'inputs'")
+            raise ApiError("invalid_json", "the body must be a JSON object with 'inputs'")
         x = _input_tensor(body, model.input_name, max_batch)
         wanted = _requested_outputs(body, [model.output_name, PROBABILITIES])
         started = time.perf_counter()
@@ -89,27 +90,28 @@ def softmax32(logits):
 def _input_tensor(body, input_name, max_batch):
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise ApiError(400, "invalid_tensor", f"'inputs' must be a list of one tensor named {input_name!r}")
+        raise ApiError("invalid_tensor", f"'inputs' must be a list of one tensor named {input_name!r}")
     t = inputs[0]
     if t.get("name") != input_name:
-        raise ApiError(400, "invalid_tensor", f"unknown input {t.get('name')!r}; the model's input is {input_name!r}")
+        raise ApiError("invalid_tensor", f"unknown input {t.get('name')!r}; the model's input is {input_name!r}")
     if t.get("datatype") != "FP32":
-        raise ApiError(400, "invalid_tensor", f"datatype {t.get('datatype')!r} is not supported; send FP32")
+        raise ApiError("invalid_tensor", f"datatype {t.get('datatype')!r} is not supported; send FP32")
     shape = t.get("shape")
     if (not isinstance(shape, list) or len(shape) != 4 or not all(type(d) is int for d in shape)
-            or shape[1:] != [1, 28, 28] or shape[0] < 1):
-        raise ApiError(400, "invalid_tensor", f"shape {shape!r} is not [N,1,28,28] with N >= 1")
+            or shape[1:] != contract.INPUT_SHAPE[1:] or shape[0] < 1):
+        raise ApiError("invalid_tensor", f"shape {shape!r} is not {contract.INPUT_SHAPE} with N >= 1")
     if shape[0] > max_batch:
-        raise ApiError(413, "too_many_images", f"a batch of {shape[0]}; send at most {max_batch}")
+        raise ApiError("too_many_images", f"a batch of {shape[0]}; send at most {max_batch}")
     try:
         with np.errstate(all="ignore"):  # out-of-range values become inf and are refused below
             x = np.asarray(t.get("data"), dtype=np.float32)
     except (ValueError, TypeError) as e:
-        raise ApiError(400, "invalid_tensor", f"'data' is not an array of numbers ({e})") from None
-    if x.size != shape[0] * 784:
-        raise ApiError(400, "invalid_tensor", f"'data' holds {x.size} numbers; shape {shape} needs {shape[0] * 784}")
+        raise ApiError("invalid_tensor", f"'data' is not an array of numbers ({e})") from None
+    needed = int(np.prod(shape))
+    if x.size != needed:
+        raise ApiError("invalid_tensor", f"'data' holds {x.size} numbers; shape {shape} needs {needed}")
     if not np.isfinite(x).all():
-        raise ApiError(400, "invalid_tensor", "'data' holds NaN or infinite values")
+        raise ApiError("invalid_tensor", "'data' holds NaN or infinite values")
     return x.reshape(shape)
 
 
@@ -118,9 +120,9 @@ def _requested_outputs(body, names):
     if requested is None:
         return names
     if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
-        raise ApiError(400, "invalid_tensor", "'outputs' must be a list of {\"name\": ...} objects")
+        raise ApiError("invalid_tensor", "'outputs' must be a list of {\"name\": ...} objects")
     wanted = [o.get("name") for o in requested]
     unknown = [n for n in wanted if n not in names]
     if unknown:
-        raise ApiError(400, "invalid_tensor", f"unknown outputs {unknown}; the model has {names}")
+        raise ApiError("invalid_tensor", f"unknown outputs {unknown}; the model has {names}")
     return wanted

@@ -1,34 +1,37 @@
-"""The model store: where training publishes models and the service reads them.
+"""The store client: one way to read and write a directory, a PVC mount or ``gs://bucket/prefix``.
 
-A store is a local directory, a PVC mount, or ``gs://bucket/prefix``::
+Training publishes models, mirrors checkpoints, writes reports and reads data through it;
+the service loads models and writes feedback records through it (the layouts are in
+service/contract.py). Keys are ``/``-separated paths below the store's root.
 
-    <store>/models/<version>/model.onnx   the model (one file, no external data)
-    <store>/models/<version>/model.json   version, created_at, sha256 of model.onnx, metrics, ...
-    <store>/models/LATEST                 {"version": "..."}; written last, moved atomically
+- ``create`` never overwrites: ``O_EXCL`` semantics on a filesystem (a hard link from a
+  finished temporary file, so the name appears complete or not at all), and
+  ``if_generation_match=0`` on GCS. An existing key raises AlreadyExists.
+- ``put`` replaces a key whole (a temporary file renamed over it; one GCS upload).
+- ``read_latest``/``swap_latest``: compare-and-swap on models/LATEST. Every read returns a
+  token (the GCS object generation, or the file's bytes on disk), and a swap succeeds only
+  while LATEST still holds it, so two writers cannot both win silently.
 
-``LATEST`` is moved with compare-and-swap: every read returns a token (the GCS object
-generation, or the file's content on disk) and ``swap_latest`` only succeeds if the
-pointer still has that token, so two publishers cannot both win silently.
-
-This module has no torch dependency: the service imports it, and so does training.
-google-cloud-storage is imported only for ``gs://`` stores, to keep the service's
-cold start short. With ``STORAGE_EMULATOR_HOST`` set, the GCS client talks to an
-emulator (fake-gcs-server) instead of Google.
+It imports neither Flask nor torch, and google-cloud-storage only for ``gs://`` stores,
+which keeps the service's cold start short. With STORAGE_EMULATOR_HOST set, the GCS client
+talks to that emulator (fake-gcs-server) anonymously.
 """
+import errno
 import fcntl
 import functools
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 
-MODELS = "models"
-LATEST = f"{MODELS}/LATEST"
+from . import contract
+
 # How long one GCS call retries transient errors (connection refused, 5xx, timeouts)
-# before it reports the store unreachable. The client's own default is 120 s, which kept
-# an unreachable bucket silent for two minutes; the service's loader retries with backoff
-# on top of this, and a publisher's caller sees the failure while it can still act.
+# before it reports the store unreachable. The client's own default is 120 s, which keeps
+# an unreachable bucket silent for two minutes; callers retry with backoff on top of this.
 GCS_RETRY_SECONDS = 15
+TEMP_PREFIX = ".tmp-"
 
 
 @functools.cache
@@ -40,7 +43,7 @@ def _retry():
 
 
 class StoreError(Exception):
-    """Base class for store problems."""
+    """Base class for store problems; the message names the store, the key and what to do."""
 
 
 class StoreUnreachable(StoreError):
@@ -48,11 +51,15 @@ class StoreUnreachable(StoreError):
 
 
 class StoreNotFound(StoreError):
-    """The store is reachable but the object does not exist."""
+    """The store is reachable but the key does not exist."""
+
+
+class AlreadyExists(StoreError):
+    """``create`` found the key already there; nothing was written."""
 
 
 class PointerConflict(StoreError):
-    """LATEST changed between our read and our write: another publisher won."""
+    """LATEST changed between our read and our write: another writer won."""
 
 
 def sha256_hex(data):
@@ -78,48 +85,119 @@ class LocalStore:
         self.root = os.path.abspath(root)
         self.uri = self.root
 
-    def _path(self, key):
-        return os.path.join(self.root, *key.split("/"))
+    def path(self, key):
+        return os.path.join(self.root, *key.split("/")) if key else self.root
 
-    def read_bytes(self, key):
+    def _check_root(self):
         if not os.path.isdir(self.root):
             raise StoreUnreachable(f"store directory {self.root} does not exist (is the volume mounted?)")
-        try:
-            with open(self._path(key), "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            raise StoreNotFound(f"{self._path(key)} not found") from None
-        except OSError as e:
-            raise StoreUnreachable(f"cannot read {self._path(key)}: {e}") from e
 
-    def write_bytes(self, key, data):
-        """Write a new object; never overwrites (a version is immutable once written)."""
-        path = self._path(key)
-        if os.path.exists(path):
-            raise StoreError(f"{path} already exists; versions are immutable, publish a new version")
+    def read(self, key):
+        self._check_root()
+        try:
+            with open(self.path(key), "rb") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise StoreNotFound(f"{self.path(key)} not found") from None
+        except OSError as e:
+            raise StoreUnreachable(f"cannot read {self.path(key)}: {e}") from e
+
+    def exists(self, key):
+        return os.path.isfile(self.path(key))
+
+    def create(self, key, data):
+        """Write a new key; AlreadyExists if it is there (then nothing is written)."""
+        path = self.path(key)
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            _atomic_write(path, data)
+            tmp = _temp_file(path, data)
+            try:
+                os.link(tmp, path)  # atomic, and fails if the name exists
+            except FileExistsError:
+                raise AlreadyExists(f"{path} already exists; it is immutable, nothing was written") from None
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
+                    raise
+                _create_in_place(path, data)  # a filesystem without hard links
+            finally:
+                os.unlink(tmp)
+        except StoreError:
+            raise
         except OSError as e:
             raise StoreUnreachable(f"cannot write {path}: {e}") from e
+
+    def put(self, key, data):
+        """Write ``key`` whole, replacing what was there."""
+        path = self.path(key)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.replace(_temp_file(path, data), path)
+        except OSError as e:
+            raise StoreUnreachable(f"cannot write {path}: {e}") from e
+
+    def delete(self, key):
+        """Delete ``key`` and, if it is a prefix, everything below it; a missing key is fine."""
+        path = self.path(key)
+        try:
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise StoreUnreachable(f"cannot delete {path}: {e}") from e
+
+    def list(self, prefix=""):
+        """Every key below ``prefix`` (a directory), sorted; none if it does not exist."""
+        top, keys = self.path(prefix), []
+        for dirpath, dirnames, files in os.walk(top):
+            dirnames[:] = [d for d in dirnames if not d.startswith(TEMP_PREFIX)]
+            rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+            keys += [f for f in (f if rel == "." else f"{rel}/{f}" for f in files if _listed(f))]
+        return sorted(keys)
+
+    def children(self, prefix=""):
+        """The names directly below ``prefix`` that have keys below them (subdirectories), sorted."""
+        top = self.path(prefix)
+        try:
+            return sorted(n for n in os.listdir(top) if os.path.isdir(os.path.join(top, n)) and _listed(n))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as e:
+            raise StoreUnreachable(f"cannot list {top}: {e}") from e
+
+    def md5(self, key):
+        """The hex MD5 of ``key``'s bytes, or None if it does not exist."""
+        try:
+            with open(self.path(key), "rb") as f:
+                return hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StoreUnreachable(f"cannot read {self.path(key)}: {e}") from e
+
+    def list_versions(self):
+        """The model versions in the store, oldest first (their names sort by time)."""
+        return self.children(contract.MODELS)
 
     def read_latest(self):
         """Return (pointer dict or None, token) for LATEST."""
         try:
-            raw = self.read_bytes(LATEST)
+            raw = self.read(contract.LATEST)
         except StoreNotFound:
             return None, None
-        return _parse_pointer(raw, self._path(LATEST)), raw
+        return _parse_pointer(raw, self.path(contract.LATEST)), raw
 
     def swap_latest(self, pointer, expected_token):
         """Point LATEST at ``pointer`` if it still holds ``expected_token`` (None: must not exist)."""
-        path = self._path(LATEST)
+        path = self.path(contract.LATEST)
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             lock = open(path + ".lock", "a")
         except OSError as e:
             raise StoreUnreachable(f"cannot write {path}: {e}") from e
-        # The lock makes check-then-rename one step between publishers on this filesystem;
+        # The lock makes check-then-rename one step between writers on this filesystem;
         # the rename makes the new pointer appear whole to readers, who take no lock.
         with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -129,14 +207,8 @@ class LocalStore:
             except FileNotFoundError:
                 current = None
             if current != expected_token:
-                raise PointerConflict(f"{path} changed since it was read; another publisher moved it")
-            _atomic_write(path, _dump_pointer(pointer))
-
-    def list_versions(self):
-        try:
-            return sorted(n for n in os.listdir(self._path(MODELS)) if os.path.isdir(self._path(f"{MODELS}/{n}")))
-        except FileNotFoundError:
-            return []
+                raise PointerConflict(f"{path} changed since it was read; another writer moved it")
+            self.put(contract.LATEST, _dump_pointer(pointer))
 
 
 class GCSStore:
@@ -147,10 +219,13 @@ class GCSStore:
         self.uri = f"gs://{bucket}/{prefix}".rstrip("/")
         self._bucket = None
 
-    def _blob_name(self, key):
-        return f"{self.prefix}/{key}" if self.prefix else key
+    def _name(self, key):
+        return "/".join(p for p in (self.prefix, key) if p)
 
-    def _get_bucket(self):
+    def _where(self, key):
+        return f"gs://{self.bucket_name}/{self._name(key)}"
+
+    def bucket(self):
         if self._bucket is None:
             from google.cloud import storage  # lazy: a 0.3 s import the local store never needs
 
@@ -163,7 +238,7 @@ class GCSStore:
             self._bucket = client.bucket(self.bucket_name)
         return self._bucket
 
-    def _call(self, what, fn):
+    def _call(self, what, fn, precondition=PointerConflict):
         from google.api_core import exceptions as gexc
         from google.auth import exceptions as auth_exc
         import requests
@@ -175,6 +250,8 @@ class GCSStore:
                 raise StoreUnreachable(f"{what}: bucket gs://{self.bucket_name} does not exist") from e
             raise StoreNotFound(f"{what}: not found") from e
         except gexc.PreconditionFailed as e:
+            if precondition is AlreadyExists:
+                raise AlreadyExists(f"{what}: the object already exists; it is immutable, nothing was written") from e
             raise PointerConflict(f"{what}: generation precondition failed; another writer got there first") from e
         except gexc.Forbidden as e:
             raise StoreUnreachable(f"{what}: permission denied on gs://{self.bucket_name} "
@@ -189,30 +266,91 @@ class GCSStore:
         from google.api_core import exceptions as gexc
 
         try:
-            list(self._get_bucket().client.list_blobs(self.bucket_name, max_results=1, timeout=30, retry=_retry()))
+            list(self.bucket().client.list_blobs(self.bucket_name, max_results=1, timeout=30, retry=_retry()))
         except gexc.NotFound:
             return False
         except Exception:  # can't tell: report the original 404 as a missing object
             return True
         return True
 
-    def read_bytes(self, key):
-        name = self._blob_name(key)
-        return self._call(f"gs://{self.bucket_name}/{name}",
-                          lambda: self._get_bucket().blob(name).download_as_bytes(timeout=30, retry=_retry()))
+    def read(self, key):
+        name = self._name(key)
+        return self._call(self._where(key),
+                          lambda: self.bucket().blob(name).download_as_bytes(timeout=30, retry=_retry()))
 
-    def write_bytes(self, key, data):
-        """Write a new object; never overwrites (if_generation_match=0)."""
-        name = self._blob_name(key)
-        self._call(f"upload gs://{self.bucket_name}/{name}",
-                   lambda: self._get_bucket().blob(name).upload_from_string(
-                       data, if_generation_match=0, timeout=120, retry=_retry()))
+    def exists(self, key):
+        return self.md5(key) is not None
+
+    def create(self, key, data):
+        """Write a new object; AlreadyExists if it is there (if_generation_match=0)."""
+        name = self._name(key)
+        self._call(f"upload {self._where(key)}",
+                   lambda: self.bucket().blob(name).upload_from_string(
+                       data, if_generation_match=0, timeout=120, retry=_retry()), precondition=AlreadyExists)
+
+    def put(self, key, data):
+        name = self._name(key)
+        self._call(f"upload {self._where(key)}",
+                   lambda: self.bucket().blob(name).upload_from_string(data, timeout=120, retry=_retry()))
+
+    def delete(self, key):
+        """Delete ``key`` and every object below it as a prefix; a missing key is fine."""
+        from google.api_core import exceptions as gexc
+
+        def delete():
+            names = [self._name(key)] + [self._name(k) for k in self._list(key)]
+            for name in names:
+                try:
+                    self.bucket().blob(name).delete(timeout=30, retry=_retry())
+                except gexc.NotFound:
+                    pass
+
+        self._call(f"delete {self._where(key)}", delete)
+
+    def _list(self, prefix):
+        full = self._name(prefix).rstrip("/") + "/" if prefix else (self.prefix + "/" if self.prefix else "")
+        root = self.prefix + "/" if self.prefix else ""
+        blobs = self.bucket().client.list_blobs(self.bucket_name, prefix=full, retry=_retry())
+        return sorted(b.name[len(root):] for b in blobs)
+
+    def list(self, prefix=""):
+        """Every key below ``prefix``, sorted."""
+        return self._call(f"list {self._where(prefix)}", lambda: self._list(prefix))
+
+    def children(self, prefix=""):
+        """The names directly below ``prefix`` that have keys below them, sorted."""
+        full = self._name(prefix).rstrip("/") + "/" if prefix else (self.prefix + "/" if self.prefix else "")
+
+        def names():
+            it = self.bucket().client.list_blobs(self.bucket_name, prefix=full, delimiter="/", retry=_retry())
+            list(it)  # the prefixes are filled in while iterating
+            return sorted(p[len(full):].strip("/") for p in it.prefixes)
+
+        return self._call(f"list {self._where(prefix)}", names)
+
+    def md5(self, key):
+        """The hex MD5 GCS keeps for ``key``, or None if it does not exist."""
+        import base64
+
+        def md5():
+            blob = self.bucket().get_blob(self._name(key), timeout=30, retry=_retry())
+            if blob is None:
+                if not self._bucket_exists():
+                    raise StoreUnreachable(f"{self._where(key)}: bucket gs://{self.bucket_name} does not exist")
+                return None
+            return base64.b64decode(blob.md5_hash).hex() if blob.md5_hash else sha256_hex(b"")
+
+        return self._call(self._where(key), md5)
+
+    def list_versions(self):
+        """The model versions in the store, oldest first (their names sort by time)."""
+        return self.children(contract.MODELS)
 
     def read_latest(self):
-        name = self._blob_name(LATEST)
+        name = self._name(contract.LATEST)
 
         def read():
-            blob = self._get_bucket().get_blob(name, timeout=30, retry=_retry())
+            blob = self.bucket().get_blob(name, timeout=30, retry=_retry())
             if blob is None:  # get_blob hides the 404, also for a missing bucket
                 if not self._bucket_exists():
                     raise StoreUnreachable(f"gs://{self.bucket_name}/{name}: bucket gs://{self.bucket_name} "
@@ -224,36 +362,40 @@ class GCSStore:
         return self._call(f"gs://{self.bucket_name}/{name}", read)
 
     def swap_latest(self, pointer, expected_token):
-        name = self._blob_name(LATEST)
+        name = self._name(contract.LATEST)
         self._call(f"move gs://{self.bucket_name}/{name}",
-                   lambda: self._get_bucket().blob(name).upload_from_string(
+                   lambda: self.bucket().blob(name).upload_from_string(
                        _dump_pointer(pointer), content_type="application/json",
                        if_generation_match=expected_token or 0, timeout=30, retry=_retry()))
 
-    def list_versions(self):
-        prefix = self._blob_name(MODELS) + "/"
 
-        def names():
-            it = self._get_bucket().client.list_blobs(self.bucket_name, prefix=prefix, delimiter="/",
-                                                      retry=_retry())
-            list(it)  # the prefixes are filled in while iterating
-            return sorted(p[len(prefix):].strip("/") for p in it.prefixes)
-
-        return self._call(f"list gs://{self.bucket_name}/{prefix}", names)
+def _listed(name):
+    return not name.startswith(TEMP_PREFIX) and not name.endswith(".lock")
 
 
-def _atomic_write(path, data):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+def _temp_file(path, data):
+    """A finished, flushed temporary file beside ``path`` holding ``data``; returns its path."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=TEMP_PREFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.unlink(tmp)
         raise
+    return tmp
+
+
+def _create_in_place(path, data):
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise AlreadyExists(f"{path} already exists; it is immutable, nothing was written") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _dump_pointer(pointer):
@@ -271,20 +413,25 @@ def _parse_pointer(raw, name):
 
 
 def load_verified(store, version):
-    """Fetch ``version`` and check model.onnx against the sha256 in model.json.
+    """Fetch ``version`` and check it: model.json parses and names this version, and
+    model.onnx has the sha256 model.json records.
 
-    Returns (model_bytes, meta dict). Raises StoreError on a missing file, bad JSON or a
-    checksum mismatch, so a half-written or corrupt upload is never used.
+    Returns (model_bytes, meta dict). Raises StoreError on a missing file, bad JSON, a
+    version mismatch or a checksum mismatch, so a half-written or corrupt upload is never used.
     """
-    meta_raw = store.read_bytes(f"{MODELS}/{version}/model.json")
+    where = f"{store.uri}/{contract.model_key(version, contract.META_FILE)}"
+    meta_raw = store.read(contract.model_key(version, contract.META_FILE))
     try:
         meta = json.loads(meta_raw)
         expected = meta["sha256"]
     except (ValueError, KeyError, TypeError) as e:
-        raise StoreError(f"{store.uri}/{MODELS}/{version}/model.json is not valid model metadata ({e})") from e
-    model = store.read_bytes(f"{MODELS}/{version}/model.onnx")
+        raise StoreError(f"{where} is not valid model metadata ({type(e).__name__}: {e})") from e
+    if meta.get("version", version) != version:
+        raise StoreError(f"{where} says version {str(meta.get('version'))[:80]!r}, but it is in the directory of "
+                         f"{version}; republish the model rather than copying a version directory")
+    model = store.read(contract.model_key(version, contract.MODEL_FILE))
     actual = sha256_hex(model)
     if actual != expected:
-        raise StoreError(f"{store.uri}/{MODELS}/{version}/model.onnx: sha256 {actual[:12]}... does not match "
-                         f"model.json ({str(expected)[:12]}...); the upload is corrupt or incomplete")
-    return model, meta
+        raise StoreError(f"{store.uri}/{contract.model_key(version, contract.MODEL_FILE)}: sha256 {actual[:12]}... "
+                         f"does not match model.json ({str(expected)[:12]}...); the upload is corrupt or incomplete")
+    return model, {**meta, "version": version}

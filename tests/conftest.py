@@ -14,13 +14,11 @@ import urllib.request
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench import ROOT
+from training.trainer import use_local_ray_env
 
-# Keep Ray on loopback with one auth mode for the cluster and every client, and
-# keep its dashboard/usage reporting quiet: there is no network here.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray on loopback, as `python -m training` runs it, for every Ray the tests start.
+use_local_ray_env()
 
 
 def free_port():

@@ -5,16 +5,15 @@ import base64
 import io
 import json
 import os
-import struct
 import subprocess
 import sys
 import time
-import zlib
 
 import requests
 from PIL import Image, ImageDraw
 
 from conftest import ROOT, free_port, wait_http
+from service import ops, png
 from service import store as model_store
 
 CANVAS = 280
@@ -46,14 +45,15 @@ def png_bytes(im, **save_args):
 
 
 def png_from_rows(rows, width, height, bit_depth=8, colour_type=0):
-    """A PNG framed by hand around ``rows`` (the raw scanlines, filter bytes included, as
-    given): whatever the header claims, so tests can build PNGs no encoder would write."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    """A PNG framed around ``rows`` (the raw scanlines, filter bytes included, as given):
+    whatever the header claims, so tests can build PNGs no encoder would write."""
+    return png.frame(rows, width, height, bit_depth, colour_type, level=-1)
 
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows))
-            + chunk(b"IEND", b""))
+
+def openapi_document():
+    """The OpenAPI document the service serves at /openapi.json."""
+    with open(ops.OPENAPI) as f:
+        return json.load(f)
 
 
 def jpeg_bytes(im, quality=90):
@@ -82,8 +82,8 @@ def publish_copy(store_uri, new_version, corrupt=False):
     meta = {**meta, "version": new_version}
     if corrupt:
         onnx_bytes = onnx_bytes[:-100] + bytes([onnx_bytes[-100] ^ 0xFF]) + onnx_bytes[-99:]
-    store.write_bytes(f"models/{new_version}/model.onnx", onnx_bytes)
-    store.write_bytes(f"models/{new_version}/model.json", json.dumps(meta).encode())
+    store.create(f"models/{new_version}/model.onnx", onnx_bytes)
+    store.create(f"models/{new_version}/model.json", json.dumps(meta).encode())
     store.swap_latest({"version": new_version}, token)
     return meta
 
@@ -93,22 +93,15 @@ def latest_version(store_uri):
     return pointer["version"]
 
 
-SERVERS = {  # the command lines that serve the app
-    "granian": [sys.executable, "-m", "service"],  # the container's command
-    "gunicorn": [sys.executable, "-m", "gunicorn", "-c", "python:service.gunicorn_conf"],
-}
-
-
 class ServiceProcess:
-    """A real `python -m service` (Granian), or the app under gunicorn (``server=
-    "gunicorn"``), on 127.0.0.1 with its logs in a file.
+    """A real `python -m service` (the container's command) on 127.0.0.1, with its logs in a file.
 
     It starts at once unless ``start=False``; after ``stop()``, ``start()`` runs it again on
     the same port, appending to the same log. ``env`` overrides the environment.
     """
 
-    def __init__(self, tmp_path, port=None, start=True, server="granian", **env):
-        self.command = SERVERS[server]
+    def __init__(self, tmp_path, port=None, start=True, **env):
+        self.command = [sys.executable, "-m", "service"]
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = os.path.join(tmp_path, f"service-{self.port}.log")

@@ -105,7 +105,7 @@ def test_torchscript_fallback_meets_the_same_contract(tiny):
 
 
 def test_project_model_exports_with_parity(capfd):
-    model = trained_like(build_model("digitnet", width=8))
+    model = trained_like(build_model(width=8))
     onnx_bytes = export_onnx(model)
     assert "falling back" not in capfd.readouterr().err  # the torch.export-based exporter handles it
     model_signature(onnx_bytes)

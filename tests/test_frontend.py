@@ -19,9 +19,10 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
-from frontend_helpers import (DIGITS, FRONTEND_DIR, Service, accuracy, draw_mouse, draw_touch, ink_fraction,
-                              launch_browser, pad_ink_fraction, place, probabilities, replay_handwriting,
-                              validation_digits, wait_for_answer)
+from bench.handwriting import DIGITS, place, validation_digits
+from bench.page import (FRONTEND_DIR, accuracy, draw_mouse, draw_touch, launch_browser, replay_handwriting,
+                        wait_for_answer)
+from frontend_helpers import Service, ink_fraction, pad_ink_fraction, probabilities
 
 pytestmark = pytest.mark.slow
 

@@ -257,7 +257,7 @@ def test_missing_object_in_bucket_named_bucket_is_not_found(fake_gcs):
     fake_gcs.make_bucket("my-bucket")
     store = open_store("gs://my-bucket/p")
     with pytest.raises(StoreNotFound):
-        store.read_bytes("models/nope/model.json")
+        store.read("models/nope/model.json")
     assert store.read_latest() == (None, None)
 
 

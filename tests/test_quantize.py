@@ -8,7 +8,9 @@ from training.data import load_mnist
 from training.export import export_onnx
 from training.model import build_model
 from training.publish import model_signature
-from training.quantize import check, model_input, predict, quantize_int8, verdict
+from service.contract import model_input
+from training.evaluate import predict
+from training.quantize import check, quantize_int8, verdict
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
-"""The whole HTTP API contract, run three times: through Flask's test client, against a
-real `python -m service` (Granian, the container's command) and against the app under a
-real gunicorn (service/gunicorn_conf.py), each server with 2 workers on 127.0.0.1. Every
+"""The whole HTTP API contract, run twice: through Flask's test client, and against a real
+`python -m service` (Granian, the container's command) with 2 workers on 127.0.0.1. Every
 response is checked against the served OpenAPI document. The model is the one trained in
 this test run."""
 import base64
@@ -13,10 +12,10 @@ import pytest
 import requests
 from PIL import Image
 
-from service import openapi, preprocess
+from service import preprocess
 from service.app import CSP, create_app
 from service_helpers import (FlaskClient, HttpClient, ServiceProcess, b64, data_url, draw_digit, jpeg_bytes,
-                             latest_version, png_bytes, validate_against_openapi)
+                             latest_version, openapi_document, png_bytes, validate_against_openapi)
 
 ALLOWED_ORIGIN = "https://digits.example.com"
 # Small, so the over-limit requests stay small too.
@@ -38,7 +37,7 @@ def frontend(tmp_path_factory):
     return str(path)
 
 
-@pytest.fixture(scope="module", params=["flask", "granian", "gunicorn"])
+@pytest.fixture(scope="module", params=["flask", "granian"])
 def api(request, store, frontend, tmp_path_factory):
     settings = {"MODEL_URI": store, "MODEL_POLL_SECONDS": 0, "CORS_ORIGINS": ALLOWED_ORIGIN,
                 "FRONTEND_DIR": frontend, "MAX_BODY_BYTES": MAX_BODY}
@@ -47,7 +46,7 @@ def api(request, store, frontend, tmp_path_factory):
         assert app.model_holder.wait_ready(60)
         yield Api(FlaskClient(app), None)
     else:
-        with ServiceProcess(str(tmp_path_factory.mktemp("server")), server=request.param, WEB_CONCURRENCY=2,
+        with ServiceProcess(str(tmp_path_factory.mktemp("server")), WEB_CONCURRENCY=2,
                             THREADS=2, **settings) as server:
             server.wait_ready()
             yield Api(HttpClient(server.url), server)
@@ -56,7 +55,7 @@ def api(request, store, frontend, tmp_path_factory):
 class Api:
     """Sends a request, checks the response against the OpenAPI document, returns it."""
 
-    doc = openapi.document()
+    doc = openapi_document()
 
     def __init__(self, client, server):
         self.client, self.server = client, server
@@ -299,7 +298,7 @@ def metric(text, labels):
 
 def test_openapi_document_is_served(api):
     r = api.call("GET", "/openapi.json")
-    assert r.json == json.loads(json.dumps(openapi.document()))
+    assert r.json == json.loads(json.dumps(openapi_document()))
 
 
 # ---- Open Inference Protocol v2 ------------------------------------------------------------

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from service import preprocess
+from service import png
 from service.app import create_app
 from service_helpers import b64, draw_digit, jpeg_bytes, png_bytes, png_from_rows
 
@@ -23,7 +23,7 @@ FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCh
 PNG = png_bytes(draw_digit(7))
 JPEG = jpeg_bytes(draw_digit(7))
 # What the frontend sends: grey, every row unfiltered (decoded by its own path).
-GREY = preprocess.grey_png(np.asarray(draw_digit(7, background=(255, 255, 255, 255), mode="L")), level=6)
+GREY = png.grey(np.asarray(draw_digit(7, background=(255, 255, 255, 255), mode="L")), level=6)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def client(trained_store):
 
 def check(response, allow_ok=False):
     """A JSON error with a 4xx status, or (when allowed) a well-formed prediction."""
-    from service.openapi import ERROR_CODES
+    from service.errors import CODES as ERROR_CODES
 
     assert response.status_code != 500, response.get_data()[:300]
     assert response.mimetype == "application/json"

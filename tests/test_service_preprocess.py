@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from service import preprocess
+from service import png, preprocess
 from service.errors import ApiError
 from service_helpers import draw_digit, jpeg_bytes, png_bytes, png_from_rows
 
@@ -158,21 +158,21 @@ def test_grey_png_as_the_frontend_sends_gives_the_input_of_the_rgb_canvas():
 def libspng_calls(monkeypatch):
     """The number of PNGs libspng decoded, so far in this test."""
     calls = []
-    real = preprocess.pyspng.load
+    real = png.pyspng.load
 
     def load(*args, **kwargs):
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(preprocess.pyspng, "load", load)
+    monkeypatch.setattr(png.pyspng, "load", load)
     return calls
 
 
 def test_frontend_grey_png_is_inflated_without_libspng(libspng_calls):
-    # frontend/png.js writes every row with filter type 0 (none), as grey_png does.
+    # frontend/png.js writes every row with filter type 0 (none), as png.grey does.
     white = draw_digit(7, background=(255, 255, 255, 255), mode="RGB")
     pixels = np.asarray(white.convert("L"))
-    data = preprocess.grey_png(pixels, level=6)
+    data = png.grey(pixels, level=6)
     np.testing.assert_array_equal(np.asarray(preprocess.decode(data, MAX_PIXELS)), pixels)
     np.testing.assert_array_equal(prep(data), prep(png_bytes(white)))
     assert libspng_calls == []

@@ -11,18 +11,11 @@ import subprocess
 import sys
 import time
 
-# Keep an embedded Ray on loopback, with one auth mode for the cluster and its clients.
-# Only when embedded: inside a cluster (RAY_ADDRESS set, e.g. a RayJob) the value 0 would
-# make this driver advertise 127.0.0.1 and keep workers on other nodes from joining.
-if not os.environ.get("RAY_ADDRESS"):
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# Worker prints reach the driver once (Ray Train's print patch would log them twice).
-os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+from training.trainer import RECIPE, use_local_ray_env
+
+use_local_ray_env()  # before Ray is imported: it reads them then
 
 from training.data import DATA_DIR_HELP, DATA_ERRORS, MIRRORS_HELP, SOURCE_HELP, load_mnist  # noqa: E402
-from training.train import DEFAULT_CONFIG  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,10 +37,10 @@ FLAGS = [
     ("--data", "TRAIN_DATA", "auto", str, SOURCE_HELP),
     ("--data-dir", "DATA_DIR", ".data", str, DATA_DIR_HELP),
     ("--mirrors", "MNIST_MIRRORS", "", str, MIRRORS_HELP),
-    ("--epochs", "EPOCHS", DEFAULT_CONFIG["epochs"], int, "training epochs (one-cycle schedule over all of them)"),
-    ("--batch-size", "BATCH_SIZE", DEFAULT_CONFIG["batch_size"], int, "global batch size, split across workers"),
-    ("--lr", "LR", DEFAULT_CONFIG["lr"], float, "peak learning rate of the one-cycle SGD schedule"),
-    ("--precision", "PRECISION", DEFAULT_CONFIG["precision"], str,
+    ("--epochs", "EPOCHS", RECIPE["epochs"], int, "training epochs (one-cycle schedule over all of them)"),
+    ("--batch-size", "BATCH_SIZE", RECIPE["batch_size"], int, "global batch size, split across workers"),
+    ("--lr", "LR", RECIPE["lr"], float, "peak learning rate of the one-cycle SGD schedule"),
+    ("--precision", "PRECISION", RECIPE["precision"], str,
      "auto (bfloat16 autocast on CPUs with AMX or AVX512-BF16, else float32), bf16 or fp32"),
     ("--num-workers", "NUM_WORKERS", 2, int, "Ray Train workers (DDP processes)"),
     ("--use-gpu", "USE_GPU", False, _bool, "one GPU per worker, NCCL instead of gloo"),
@@ -72,7 +65,7 @@ FLAGS = [
      "digits (training/quantize.py), else the float model; none: always the float model"),
     ("--max-failures", "MAX_FAILURES", 3, int, "worker-group restarts from the last checkpoint before giving up"),
     ("--keep-checkpoints", "KEEP_CHECKPOINTS", 3, int, "checkpoints kept: the best N by validation accuracy"),
-    ("--seed", "SEED", DEFAULT_CONFIG["seed"], int, "random seed (each rank adds its rank)"),
+    ("--seed", "SEED", RECIPE["seed"], int, "random seed (each rank adds its rank)"),
 ]
 
 
@@ -81,8 +74,7 @@ def parse_args(argv=None):
         prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Also read: RAY_ADDRESS (join that Ray cluster, e.g. inside a RayJob; default: start Ray "
                "embedded on 127.0.0.1), STORAGE_EMULATOR_HOST (use a GCS emulator for gs://), CODE_REVISION "
-               "(recorded in model.json when git is unavailable), FAIL_AT_EPOCH (tests: one worker exits once "
-               "in that epoch).")
+               "(recorded in model.json when git is unavailable).")
     for flag, env, default, kind, text in FLAGS:
         value = os.environ.get(env)
         parser.add_argument(flag, type=kind, default=kind(value) if value is not None else default,
@@ -102,28 +94,6 @@ def code_revision():
     return os.environ.get("CODE_REVISION", "unknown")
 
 
-def start_ray(num_workers, log):
-    """Connect to RAY_ADDRESS if set (inside a RayJob), else start Ray embedded on loopback."""
-    import ray
-
-    t = time.time()
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
-        where = f"cluster at {os.environ['RAY_ADDRESS']}"
-    else:
-        # One CPU per worker plus one for the Train controller; never fewer than the machine has.
-        cpus = max(os.cpu_count() or 1, num_workers + 1)
-        # No dashboard: it is a dozen more processes to start on 2 cores. Without its state
-        # API, Ray Train's placement-group cleaner warns every few seconds that it cannot
-        # poll; so Ray core logs only errors (Ray Train keeps its own level, WARNING).
-        ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 logging_config=ray.LoggingConfig(log_level="ERROR"))
-        where = "embedded on 127.0.0.1"
-    seconds = time.time() - t
-    log(f"ray: {where}, started in {seconds:.1f}s, resources {ray.cluster_resources()}")
-    return seconds
-
-
 def main(argv=None):
     t0 = time.time()
     args = parse_args(argv)
@@ -135,7 +105,6 @@ def main(argv=None):
     run_name = args.run_name or f"digitdraw-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     mirror = None if args.checkpoint_mirror.lower() in ("", "none") else args.checkpoint_mirror
     stores = [] if args.publish.lower() in ("", "none") else [s.strip() for s in args.publish.split(",") if s.strip()]
-    fail_at = os.environ.get("FAIL_AT_EPOCH")
 
     try:
         data = load_mnist(args.data, args.data_dir, args.mirrors or None, log=log)
@@ -149,20 +118,22 @@ def main(argv=None):
     import ray
     import torch
 
+    from training import checkpoints
+    from training.evaluate import confusion_matrix, evaluate
     from training.model import build_model
-    from training.report import confusion_matrix, write_report
-    from training.train import evaluate, load_checkpoint, run_training
+    from training.report import write_report
+    from training.trainer import run_training, start_ray
 
     ray_start_s = start_ray(args.num_workers, log)
-    config = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-              "precision": args.precision,
-              "checkpoint_mirror": mirror, "fail_at_epoch": int(fail_at) if fail_at else None, "t0": t0}
+    recipe = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+              "precision": args.precision}
     log(f"train: run {run_name} -> {args.storage_path.rstrip('/')}/{run_name}"
         + (f" (mirror {mirror.rstrip('/')}/{run_name})" if mirror else "")
         + f"; {args.num_workers} worker(s), {'GPU' if args.use_gpu else 'CPU'}, {args.epochs} epochs")
-    result = run_training(config, {"train_x": train_x, "train_y": train_y, "val_x": data.val_x, "val_y": data.val_y},
+    result = run_training(recipe, {"train_x": train_x, "train_y": train_y, "val_x": data.val_x, "val_y": data.val_y},
                           num_workers=args.num_workers, use_gpu=args.use_gpu, storage_path=args.storage_path,
-                          run_name=run_name, max_failures=args.max_failures, keep_checkpoints=args.keep_checkpoints)
+                          run_name=run_name, checkpoint_mirror=mirror, max_failures=args.max_failures,
+                          keep_checkpoints=args.keep_checkpoints, t0=t0)
     train_s = time.time() - t0
     if result.error:
         sys.exit(f"error: training run {run_name} failed: {result.error}")
@@ -172,8 +143,8 @@ def main(argv=None):
     # Picking the "best" epoch by 1,000 validation digits picks noise (one digit is 0.1%):
     # measured on the official MNIST test set, the best-by-validation epoch 17 of a default
     # run scored 99.04% and its last epoch 99.26%.
-    state = load_checkpoint(result.checkpoint)
-    model = build_model(**state["model_config"])
+    state = checkpoints.load(result.checkpoint)
+    model = build_model(state["model_config"]["width"])
     model.load_state_dict(state["model"])
     model.eval()
     correct, _, preds = evaluate(model, data.val_x, data.val_y, torch.device("cpu"))
@@ -204,7 +175,7 @@ def main(argv=None):
         return 0
     from training.export import check_parity, export_onnx
     from training.publish import publish
-    from training.quantize import model_input
+    from service.contract import model_input
 
     onnx_bytes = export_onnx(model)
     batch = torch.from_numpy(model_input(data.val_x[:256]))
@@ -217,8 +188,7 @@ def main(argv=None):
             "code_revision": code_revision(), "run_name": run_name,
             "config": {**{k: v for k, v in vars(args).items()}, "model": state["model_config"],
                        # The recipe this run used: the defaults with the flags applied.
-                       "recipe": {k: v for k, v in {**DEFAULT_CONFIG, **config}.items()
-                                  if k not in ("fail_at_epoch", "checkpoint_mirror", "t0")},
+                       "recipe": {**RECIPE, **recipe},
                        "train_samples": int(len(train_y))}}
     result = publish(onnx_bytes, json.loads(json.dumps(meta, default=str)), stores, margin=args.promotion_margin,
                      force=args.force_promote, log=log)
@@ -231,7 +201,8 @@ def main(argv=None):
 def quantize(onnx_bytes, data, train_x, metrics, log):
     """(model bytes, metrics, quantization record) to publish: the int8 model with its own
     accuracies if it passes training/quantize.py's check, else the float model unchanged."""
-    from training.quantize import CALIBRATION_IMAGES, check, predict, quantize_int8
+    from training.evaluate import predict
+    from training.quantize import CALIBRATION_IMAGES, check, quantize_int8
 
     int8_bytes = quantize_int8(onnx_bytes, train_x)
     result = check(onnx_bytes, int8_bytes, data.val_x, data.val_y)

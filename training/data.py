@@ -18,13 +18,14 @@ digits, and training never sees them:
 Problems raise DataError (bad source), DownloadError or IDXError (bad file, named);
 ``DATA_ERRORS`` holds all three for a CLI to catch.
 """
-import base64
 import dataclasses
+import hashlib
 import os
 import tempfile
 
 import numpy as np
 
+from service.store import StoreError, open_store
 from training.download import DownloadError, download_mnist, file_digest
 from training.idx import IDXError, read_idx
 
@@ -33,9 +34,6 @@ TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte
 TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
 SPLIT_SEED = 0
 
-# Names and defaults shared by the CLI flags, the manifests and the README.
-SOURCE_ENV, DATA_DIR_ENV, MIRRORS_ENV = "TRAIN_DATA", "DATA_DIR", "MNIST_MIRRORS"
-DEFAULT_SOURCE, DEFAULT_DATA_DIR = "auto", ".data"
 SOURCE_HELP = ("training data: auto (full MNIST if cached or downloadable, else bundled), bundled (30,000 digits "
                "shipped in training/sample), mnist (download the official files), a directory or PVC path "
                "holding the IDX files (gzipped or not), or gs://bucket/prefix")
@@ -72,7 +70,7 @@ def parse_mirrors(text):
     return [m.strip() for m in text.split(",") if m.strip()] or None
 
 
-def load_mnist(source=DEFAULT_SOURCE, data_dir=DEFAULT_DATA_DIR, mirrors=None, log=print,
+def load_mnist(source="auto", data_dir=".data", mirrors=None, log=print,
                checksums=None, retries=2, backoff=1.0):
     """Load ``source`` (see the module docstring) and split it; returns MNISTData.
 
@@ -169,49 +167,37 @@ def _fetch_gcs(uri, data_dir, log):
 
     A cached file is reused only if its MD5 matches the object's, so a changed object is fetched again.
     """
-    from google.api_core import exceptions as gexc
-    from google.auth import exceptions as auth_exc
-    from google.cloud import storage
-
-    bucket_name, _, prefix = uri[len("gs://"):].partition("/")
-    prefix = prefix.strip("/")
-    if not bucket_name:
-        raise DataError(f"data source {uri!r} has no bucket; use gs://BUCKET[/PREFIX]")
-    local = os.path.join(data_dir, "gcs", bucket_name, *prefix.split("/"))
-    os.makedirs(local, exist_ok=True)
-    wanted = {base + ext for base in (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS) for ext in ("", ".gz")}
     try:
-        if os.environ.get("STORAGE_EMULATOR_HOST"):  # fake-gcs-server: no credentials to find
-            from google.auth.credentials import AnonymousCredentials
-
-            client = storage.Client(project="local", credentials=AnonymousCredentials())
-        else:
-            client = storage.Client()
-        blobs = [b for b in client.list_blobs(bucket_name, prefix=f"{prefix}/" if prefix else "", delimiter="/",
-                                              timeout=30)
-                 if b.name.rsplit("/", 1)[-1] in wanted]
-        for blob in blobs:
-            name = blob.name.rsplit("/", 1)[-1]
+        store = open_store(uri)
+    except ValueError as e:
+        raise DataError(f"data source {uri!r}: {e}") from None
+    local = os.path.join(data_dir, "gcs", store.bucket_name, *store.prefix.split("/"))
+    os.makedirs(local, exist_ok=True)
+    found = 0
+    try:
+        for name in (base + ext for base in (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS) for ext in ("", ".gz")):
+            md5 = store.md5(name)
+            if md5 is None:
+                continue
+            found += 1
             path = os.path.join(local, name)
-            md5 = base64.b64decode(blob.md5_hash).hex() if blob.md5_hash else None
-            if md5 and os.path.exists(path) and file_digest(path, md5) == md5:
+            if os.path.exists(path) and file_digest(path, md5) == md5:
                 log(f"{uri}/{name}: cached in {local}, checksum ok")
                 continue
-            log(f"downloading gs://{bucket_name}/{blob.name} ({blob.size / 1e6:.1f} MB)")
+            log(f"downloading {store.uri}/{name}")
+            data = store.read(name)
+            if hashlib.md5(data, usedforsecurity=False).hexdigest() != md5:
+                raise DataError(f"{store.uri}/{name}: the download does not match the object's MD5; try again")
             fd, tmp = tempfile.mkstemp(dir=local, prefix=f".{name}.", suffix=".part")
-            os.close(fd)
             try:
-                blob.download_to_filename(tmp, timeout=120)  # the client checks the checksum
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
                 os.replace(tmp, path)
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
-    except gexc.NotFound as e:
-        raise DataError(f"{uri}: bucket {bucket_name} not found ({e})") from e
-    except gexc.Forbidden as e:
-        raise DataError(f"{uri}: permission denied; check the service account's role on the bucket ({e})") from e
-    except (gexc.GoogleAPIError, auth_exc.GoogleAuthError, OSError) as e:
-        raise DataError(f"{uri}: cannot read from GCS ({type(e).__name__}: {e})") from e
-    if not blobs:
+    except StoreError as e:
+        raise DataError(f"{uri}: cannot read the training data: {e}") from e
+    if not found:
         raise DataError(f"{uri}: no MNIST IDX files there (expected {TRAIN_IMAGES}[.gz] and {TRAIN_LABELS}[.gz])")
     return local

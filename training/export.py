@@ -1,9 +1,8 @@
 """Export a trained model to ONNX for the service, and check that ONNX Runtime agrees with torch.
 
-The file follows the model store contract (see training/publish.py and service/store.py):
-float32 input "image" [N,1,28,28] (pixel/255: ink 1.0, background 0.0), output "logits"
-[N,10], dynamic N, one file with the weights inside (no external data). Any input
-normalization must live in the model's forward(), so it ends up in the graph.
+The file follows the model store contract (service/contract.py): its input and output
+names and shapes, dynamic N, one file with the weights inside (no external data). Any
+input normalization must live in the model's forward(), so it ends up in the graph.
 """
 import copy
 import io
@@ -17,7 +16,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from training.publish import INPUT_NAME, OUTPUT_NAME, model_signature
+from service.contract import INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME
+from training.publish import model_signature
 
 # The exporter warns once per torchvision op it cannot register; torchvision is deliberately not installed.
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -36,7 +36,7 @@ def _cpu_eval_copy(model):
 
 def _example():
     # A batch of 2, not 1: the tracer would otherwise be free to specialise N to 1.
-    return (torch.rand(2, 1, 28, 28),)
+    return (torch.rand(2, *INPUT_SHAPE[1:]),)
 
 
 def _export_dynamo(model):
@@ -83,7 +83,7 @@ def check_parity(model, onnx_bytes, batch, atol=1e-4):
     """Run ``batch`` through torch (eval mode, CPU) and ONNX Runtime; return the max abs logit difference.
 
     Raises ParityError, with the difference, if the outputs differ in shape or by more than
-    ``atol`` anywhere (or are not finite). ``batch`` is float [N,1,28,28], pixel/255.
+    ``atol`` anywhere (or are not finite). ``batch`` is the contract's input (a float tensor).
     """
     x = batch.detach().to("cpu", torch.float32).contiguous()
     with torch.no_grad():

@@ -1,7 +1,7 @@
 """The digit classifier: a small CNN that trains fast on 2 CPU cores and on a GPU.
 
-Input is what the canvas and the ONNX contract give: float32 [N, 1, 28, 28], pixel/255,
-ink 1.0 on background 0.0. The MNIST normalization happens inside forward(), so the
+Input is the store contract's (service/contract.py): float32 digits, ink 1.0 on
+background 0.0. The MNIST normalization happens inside forward(), so the
 exported graph carries it and no caller has to know the mean and std.
 
 Shape: 3x3 conv/BatchNorm/ReLU blocks, one at 28x28, two at 14x14, one at 7x7, with
@@ -12,7 +12,6 @@ global pool keeps the classifier tiny (width*4*10 weights), which matters with a
 thousand training digits per class, and BatchNorm lets a
 one-cycle schedule use a high learning rate from the first epoch.
 """
-import torch
 from torch import nn
 
 MNIST_MEAN = 0.1307
@@ -24,7 +23,7 @@ def _conv(c_in, c_out):
 
 
 class DigitNet(nn.Module):
-    """CNN over [N,1,28,28] pixel/255 images returning [N,10] logits.
+    """CNN over the contract's input images returning [N, 10] logits.
 
     ``width`` scales every layer (channels: w, 2w, 2w, 4w); 24 is the default recipe.
     """
@@ -46,35 +45,6 @@ class DigitNet(nn.Module):
         return self.head(self.features(x))
 
 
-class ExamplesNet(nn.Module):
-    """The original app's model, the PyTorch examples MNIST CNN (for the benchmark baseline).
-
-    conv32 -> conv64 -> max-pool -> dropout -> fc128 -> dropout -> fc10; same
-    pixel/255 input contract as DigitNet, normalization inside forward().
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3, 1)
-        self.conv2 = nn.Conv2d(32, 64, 3, 1)
-        self.dropout1 = nn.Dropout(0.25)
-        self.dropout2 = nn.Dropout(0.5)
-        self.fc1 = nn.Linear(9216, 128)
-        self.fc2 = nn.Linear(128, 10)
-
-    def forward(self, x):
-        x = (x - MNIST_MEAN) / MNIST_STD
-        x = torch.relu(self.conv1(x))
-        x = torch.relu(self.conv2(x))
-        x = torch.flatten(self.dropout1(torch.max_pool2d(x, 2)), 1)
-        x = self.dropout2(torch.relu(self.fc1(x)))
-        return self.fc2(x)
-
-
-def build_model(arch="digitnet", width=24):
-    """Return a fresh model by name: ``digitnet`` (ours) or ``examples`` (the original app's)."""
-    if arch == "digitnet":
-        return DigitNet(width=width)
-    if arch == "examples":
-        return ExamplesNet()
-    raise ValueError(f"unknown model architecture {arch!r}; use 'digitnet' or 'examples'")
+def build_model(width=24):
+    """A freshly initialised DigitNet of ``width``."""
+    return DigitNet(width=width)

@@ -1,16 +1,22 @@
-"""Publish an exported ONNX model to one or more model stores (layout in service/store.py).
+"""Publish an exported ONNX model to one or more model stores (layout in service/contract.py).
 
 For each store, in order:
 
-1. upload ``models/<version>/model.onnx``, then ``model.json`` (objects are never overwritten);
-2. read both back with ``load_verified``, exactly as the service will, and check the sha256;
-3. only then move ``LATEST`` with compare-and-swap, if the promotion gate allows it.
+1. if the store already holds a version with this model's sha256, say so and stop: a rerun
+   of a finished run publishes nothing new and moves nothing;
+2. upload ``models/<version>/model.onnx``, the training checkpoint if given, then
+   ``model.json`` (objects are never overwritten);
+3. read them back with ``load_verified``, exactly as the service will, and check the sha256;
+4. only then move ``LATEST`` with compare-and-swap (training/registry.py records the move
+   in the store's history), if the promotion gate allows it.
 
-The promotion gate: a model whose val_accuracy is below the current LATEST model's by
+The gate decides whether the new model replaces the version LATEST names. The default
+compares the val_accuracy recorded in the two model.json files: a model below LATEST's by
 more than ``margin`` is published (its files are in the store) but not promoted, unless
-``force``. If another publisher moves LATEST between our read and our swap, the swap
-fails with PointerConflict; we re-read LATEST, re-apply the gate against the new model
-and try again, a bounded number of times. No publisher ever overwrites LATEST blindly.
+``force``. The training CLI passes a gate that scores both models on the same digits
+(training/champion.py). If another publisher moves LATEST between our read and our swap,
+we re-read it, re-apply the gate against the new LATEST and try again, a bounded number of
+times. No publisher ever overwrites LATEST blindly.
 
 A crash at any point before the swap leaves LATEST on the previous good version; the
 orphaned version directory is harmless (the service only follows LATEST).
@@ -22,12 +28,11 @@ import json
 
 import onnx
 
-from service.store import (MODELS, PointerConflict, StoreError, StoreNotFound, StoreUnreachable, load_verified,
-                           open_store, sha256_hex)
-
-# The model store contract: what the service feeds in and reads out.
-INPUT_NAME, INPUT_SHAPE = "image", ["N", 1, 28, 28]
-OUTPUT_NAME, OUTPUT_SHAPE = "logits", ["N", 10]
+from service import contract
+from service.contract import INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME, OUTPUT_SHAPE
+from service.store import (PointerConflict, StoreError, StoreNotFound, StoreUnreachable, load_verified, open_store,
+                           sha256_hex)
+from training import registry
 
 ATTEMPTS = 5  # LATEST swaps tried per store before giving up (each failure means another publisher won)
 
@@ -70,7 +75,7 @@ def model_signature(onnx_bytes):
             "output": describe(model.graph.output, "output", OUTPUT_NAME, OUTPUT_SHAPE)}
 
 
-def _val_accuracy(meta, where):
+def val_accuracy(meta, where):
     """meta["metrics"]["val_accuracy"] as a float in [0, 1], or ValueError naming ``where``."""
     try:
         acc = float(meta["metrics"]["val_accuracy"])
@@ -81,13 +86,44 @@ def _val_accuracy(meta, where):
     return acc
 
 
-def publish(onnx_bytes, meta, store_uris, margin=0.002, force=False, log=print, attempts=ATTEMPTS):
+def accuracy_gate(acc, margin=0.002):
+    """The default gate: promote unless ``acc`` is more than ``margin`` below the
+    val_accuracy that LATEST's model.json records. A gate is called with (store, current
+    LATEST version or None) and returns (promote, reason)."""
+    def gate(store, current):
+        if current is None:
+            return True, "no LATEST yet"
+        try:
+            _, current_meta = load_verified(store, current)
+        except StoreUnreachable:
+            raise
+        except StoreError as e:
+            # The service refuses what LATEST names, so anything verified is better.
+            return True, f"current LATEST {current} is unusable ({e})"
+        try:
+            current_acc = val_accuracy(current_meta, f"{store.uri}/{contract.model_key(current, contract.META_FILE)}")
+        except ValueError as e:
+            return True, f"current LATEST {current} cannot be compared ({e})"
+        # The 1e-9 keeps float rounding (0.99 - 0.988 > 0.002) from deciding an exact-margin tie.
+        if current_acc - acc > margin + 1e-9:
+            return False, (f"val_accuracy {acc:.4f} is below LATEST {current}'s {current_acc:.4f} "
+                           f"by more than the margin {margin}")
+        return True, f"val_accuracy {acc:.4f} vs LATEST {current}'s {current_acc:.4f}, within margin {margin}"
+
+    return gate
+
+
+def publish(onnx_bytes, meta, store_uris, margin=0.002, force=False, log=print, attempts=ATTEMPTS, gate=None,
+            checkpoint=None, by=None):
     """Publish ``onnx_bytes`` as a new version to every store in ``store_uris``.
 
     ``meta`` goes into model.json as is (it must be JSON-serialisable and hold
     ``metrics.val_accuracy`` as a fraction; add data source, training config, code
     revision); publish adds version, created_at, sha256, size_bytes, input and output.
     The version is ``<UTC %Y%m%dT%H%M%SZ>-<first 8 hex of sha256>``, so names sort by time.
+    ``gate`` (default ``accuracy_gate(val_accuracy, margin)``) decides promotion; ``force``
+    promotes whatever it says. ``checkpoint`` (bytes) is stored beside the model for warm
+    starts. ``by`` names who publishes, for the store's history.
 
     Returns ``{"version", "sha256", "stores": {uri: {"promoted", "reason", "previous", "conflicts"}}}``
     where ``previous`` is the LATEST version we replaced (promoted) or kept (not promoted)
@@ -103,10 +139,11 @@ def publish(onnx_bytes, meta, store_uris, margin=0.002, force=False, log=print, 
     if not store_uris:
         raise ValueError("no model store given; pass at least one directory or gs://bucket/prefix")
     signature = model_signature(onnx_bytes)
-    acc = _val_accuracy(meta, "meta")
+    acc = val_accuracy(meta, "meta")
     clash = sorted(set(meta) & set(RESERVED))
     if clash:
         raise ValueError(f"meta sets {clash}, which publish writes itself; remove them from meta")
+    gate = gate or accuracy_gate(acc, margin)
 
     now = datetime.datetime.now(datetime.timezone.utc)
     sha = sha256_hex(onnx_bytes)
@@ -122,7 +159,18 @@ def publish(onnx_bytes, meta, store_uris, margin=0.002, force=False, log=print, 
     results, failures = {}, []
     for uri in store_uris:
         try:
-            results[uri] = _publish_one(uri, version, onnx_bytes, meta_bytes, sha, acc, margin, force, log, attempts)
+            store = open_store(uri)
+            existing = published_as(store, sha)
+            if existing:
+                pointer, _ = store.read_latest()
+                current = pointer["version"] if pointer else None
+                reason = (f"{store.uri} already holds this model (sha256 {sha[:12]}) as {existing}; "
+                          f"not publishing or promoting it again")
+                log(f"publish: {reason}")
+                results[uri] = _result(current == existing, reason, current, 0)
+                continue
+            results[uri] = _publish_one(store, version, onnx_bytes, meta_bytes, checkpoint, sha, gate, force,
+                                        by or registry.actor(), log, attempts)
         except StoreError as e:
             log(f"publish: {uri}: FAILED: {e}")
             failures.append((uri, e))
@@ -133,20 +181,31 @@ def publish(onnx_bytes, meta, store_uris, margin=0.002, force=False, log=print, 
     return {"version": version, "sha256": sha, "stores": results}
 
 
-def _publish_one(uri, version, onnx_bytes, meta_bytes, sha, acc, margin, force, log, attempts):
-    store = open_store(uri)
-    base = f"{MODELS}/{version}"
-    # model.onnx first: a model.json always describes a model that is already there.
-    _put(store, f"{base}/model.onnx", onnx_bytes)
-    log(f"publish: {store.uri}: uploaded {base}/model.onnx")
-    _put(store, f"{base}/model.json", meta_bytes)
-    log(f"publish: {store.uri}: uploaded {base}/model.json")
+def published_as(store, sha):
+    """The version in ``store`` whose model has this sha256, or None."""
+    for version in store.list_versions():
+        if not version.endswith(f"-{sha[:8]}"):
+            continue
+        try:
+            if json.loads(store.read(contract.model_key(version, contract.META_FILE))).get("sha256") == sha:
+                return version
+        except (StoreNotFound, ValueError):
+            continue
+    return None
+
+
+def _publish_one(store, version, onnx_bytes, meta_bytes, checkpoint, sha, gate, force, by, log, attempts):
+    # model.onnx (and the checkpoint) first: a model.json always describes a model that is already there.
+    files = [(contract.MODEL_FILE, onnx_bytes)] + ([(contract.CHECKPOINT_FILE, checkpoint)] if checkpoint else [])
+    for name, data in files + [(contract.META_FILE, meta_bytes)]:
+        _put(store, contract.model_key(version, name), data)
+        log(f"publish: {store.uri}: uploaded {contract.model_key(version, name)}")
 
     # Read back through the service's own check, so LATEST never names a version it would refuse.
     _, stored = load_verified(store, version)
     if stored.get("sha256") != sha:
-        raise StoreError(f"{store.uri}/{base}/model.json read back describes sha256 {stored.get('sha256')}, "
-                         f"not this model's {sha}")
+        raise StoreError(f"{store.uri}/{contract.model_key(version, contract.META_FILE)} read back describes sha256 "
+                         f"{stored.get('sha256')}, not this model's {sha}")
     log(f"publish: {store.uri}: verified {version} (sha256 {sha[:12]})")
 
     conflicts = 0
@@ -159,13 +218,16 @@ def _publish_one(uri, version, onnx_bytes, meta_bytes, sha, acc, margin, force, 
         current = pointer["version"] if pointer else None
         if current == version:
             return _result(True, f"{version} is already LATEST", current, conflicts)
-        promote, reason = _gate(store, current, acc, margin, force)
+        promote, reason = gate(store, current)
+        if not promote and force:
+            promote, reason = True, f"forced, although {reason}"
         if not promote:
+            reason += "; published but not promoted (force to promote it anyway)"
             log(f"publish: {store.uri}: NOT promoting {version}: {reason}")
             return _result(False, reason, current, conflicts)
         log(f"publish: {store.uri}: moving LATEST {current} -> {version} ({reason})")
         try:
-            store.swap_latest({"version": version}, token)
+            registry.move_latest(store, version, pointer, token, "publish", by, reason)
         except PointerConflict:
             conflicts += 1
             log(f"publish: {store.uri}: another publisher moved LATEST first; re-reading it and re-applying "
@@ -181,40 +243,15 @@ def _result(promoted, reason, previous, conflicts):
     return {"promoted": promoted, "reason": reason, "previous": previous, "conflicts": conflicts}
 
 
-def _gate(store, current, acc, margin, force):
-    """Decide whether to replace LATEST ``current``: return (promote, reason)."""
-    if current is None:
-        return True, "no LATEST yet"
-    try:
-        _, current_meta = load_verified(store, current)
-    except StoreUnreachable:
-        raise
-    except StoreError as e:
-        # The service refuses what LATEST names, so anything verified is better.
-        return True, f"current LATEST {current} is unusable ({e})"
-    try:
-        current_acc = _val_accuracy(current_meta, f"{store.uri}/{MODELS}/{current}/model.json")
-    except ValueError as e:
-        return True, f"current LATEST {current} cannot be compared ({e})"
-    # The 1e-9 keeps float rounding (0.99 - 0.988 > 0.002) from deciding an exact-margin tie.
-    if current_acc - acc > margin + 1e-9:
-        why = (f"val_accuracy {acc:.4f} is below LATEST {current}'s {current_acc:.4f} "
-               f"by more than the margin {margin}")
-        if force:
-            return True, f"forced, although {why}"
-        return False, f"{why}; published but not promoted (force to promote it anyway)"
-    return True, f"val_accuracy {acc:.4f} vs LATEST {current}'s {current_acc:.4f}, within margin {margin}"
-
-
 def _put(store, key, data):
     """Write ``key`` once; an existing identical object (a retried publish) is fine, a different one is not."""
     try:
-        store.write_bytes(key, data)
+        store.create(key, data)
     except StoreUnreachable:
         raise
     except StoreError as e:
         try:
-            existing = store.read_bytes(key)
+            existing = store.read(key)
         except StoreNotFound:
             raise e from None
         if existing != data:

@@ -9,8 +9,7 @@ model in about 0.65x the float model's time here, in a file a quarter the size:
 - reduce_range (7-bit weights): CPUs with AVX2 but no VNNI, which GKE's e2 machines may
   be, multiply uint8 by int8 with an instruction that saturates on full-range weights.
 
-The input and output stay float32 [N,1,28,28] -> [N,10], so the store contract and the
-service are unchanged. ``check`` compares the two models on held-out digits; the caller
+The input and output stay the store contract's float32 tensors, so the service is unchanged. ``check`` compares the two models on held-out digits; the caller
 publishes the int8 model only if it passes, and the float one otherwise.
 """
 import logging
@@ -18,18 +17,14 @@ import os
 import tempfile
 
 import numpy as np
-import onnxruntime as ort
 
-from training.publish import INPUT_NAME, OUTPUT_NAME, model_signature
+from service.contract import INPUT_NAME, model_input
+from training.evaluate import predict
+from training.publish import model_signature
 
 CALIBRATION_IMAGES = 512  # training digits whose activations set the uint8 ranges
 MAX_ACCURACY_DROP = 0.002  # of validation accuracy, int8 below float: 2 digits in 1,000
 MIN_AGREEMENT = 0.99       # share of validation digits on which int8 and float give the same digit
-
-
-def model_input(images):
-    """Digits as stored (uint8 [N,28,28]) -> the model contract's input, float32 [N,1,28,28], pixel/255."""
-    return images[:, None].astype(np.float32) / 255
 
 
 def quantize_int8(onnx_bytes, calibration):
@@ -68,15 +63,6 @@ def quantize_int8(onnx_bytes, calibration):
             int8_bytes = f.read()
     model_signature(int8_bytes)
     return int8_bytes
-
-
-def predict(model, images, batch=1000):
-    """The digit an ONNX model (a path or its bytes) reads in each of ``images`` (uint8
-    [N,28,28]), with ONNX Runtime, as the service runs it."""
-    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    x = model_input(images)
-    return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: x[i:i + batch]})[0].argmax(1)
-                           for i in range(0, len(x), batch)])
 
 
 def check(float_bytes, int8_bytes, images, labels):

@@ -4,7 +4,7 @@
     <run dir>/report/learning_curves.png   train loss, validation loss and accuracy per epoch
     <run dir>/report/confusion_matrix.png  validation confusion matrix of the exported model
 
-The run directory may be local, a PVC or gs://; files are written through pyarrow.
+The run directory may be local, a PVC or gs://; files are written through the store client.
 """
 import io
 import json
@@ -16,12 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
-
-def confusion_matrix(labels, preds, classes=10):
-    """[true, predicted] counts."""
-    cm = np.zeros((classes, classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)), 1)
-    return cm
+from service.store import open_store  # noqa: E402
 
 
 def plot_learning_curves(history):
@@ -70,11 +65,7 @@ def _png(fig):
 
 def write_report(run_uri, history, summary, confusion):
     """Write the report under ``<run_uri>/report``; returns the report directory path/URI."""
-    from training.train import filesystem_for
-
-    fs, base = filesystem_for(run_uri)
-    out = f"{base}/report"
-    fs.create_dir(out, recursive=True)
+    store = open_store(run_uri)
     files = {
         "metrics.json": json.dumps({"epochs": history, "summary": summary, "confusion_matrix": confusion.tolist()},
                                    indent=2).encode(),
@@ -82,6 +73,5 @@ def write_report(run_uri, history, summary, confusion):
         "confusion_matrix.png": _png(plot_confusion(confusion, f"validation, accuracy {summary['val_acc']:.2%}")),
     }
     for name, data in files.items():
-        with fs.open_output_stream(f"{out}/{name}") as f:
-            f.write(data)
-    return f"{run_uri.rstrip('/')}/report"
+        store.put(f"report/{name}", data)
+    return f"{store.uri}/report"

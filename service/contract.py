@@ -1,0 +1,78 @@
+"""The model-store contract: what training writes and the service reads.
+
+It lives with the service because a model is whatever the service will load, and it
+imports nothing but numpy, so training imports it too (the training image copies this
+file and service/store.py, the store client, and nothing else of service/).
+
+A store is a directory, a PVC mount or ``gs://bucket/prefix`` (service/store.py)::
+
+    models/<version>/model.onnx      the model: one file, input INPUT_NAME, output OUTPUT_NAME
+    models/<version>/model.json      version, created_at, sha256 and size of model.onnx, metrics, source
+    models/<version>/checkpoint.pt   the training checkpoint it was exported from (warm starts)
+    models/LATEST                    the pointer: {"version", "seq", "previous", "action", "by", "reason", "at"}
+    history/<seq>.json               every pointer LATEST has held, one immutable object each
+
+``<version>`` is ``<UTC %Y%m%dT%H%M%SZ>-<first 8 hex of the sha256>``. A version directory
+is immutable once written. LATEST is written last and moved by compare-and-swap, and the
+pointer it holds is also the newest history entry (training/registry.py).
+
+A feedback store (FEEDBACK_URI) holds the corrections people send::
+
+    records/<id>.json                one record; <id> is the sha256 of its 28x28 input
+    days/<YYYY-MM-DD>/<id>           an empty marker per record and the day it was sent
+    rejected/<id>.json               an operator's rejection: excluded from training, kept
+
+Records and markers are create-only: nothing the service writes is ever overwritten.
+"""
+import numpy as np
+
+MODELS = "models"
+LATEST = f"{MODELS}/LATEST"
+HISTORY = "history"
+MODEL_FILE, META_FILE, CHECKPOINT_FILE = "model.onnx", "model.json", "checkpoint.pt"
+
+RECORDS, DAYS, REJECTED = "records", "days", "rejected"
+
+# The ONNX graph: one float32 input [N, 1, 28, 28] and one float32 output [N, 10], N dynamic.
+SIDE = 28
+CLASSES = 10
+INPUT_NAME, INPUT_SHAPE = "image", ["N", 1, SIDE, SIDE]
+OUTPUT_NAME, OUTPUT_SHAPE = "logits", ["N", CLASSES]
+PIXEL_MAX = 255  # stored digits are uint8, ink 255; the model sees pixel / PIXEL_MAX
+
+
+def model_key(version, name):
+    """The key of file ``name`` (MODEL_FILE, META_FILE, CHECKPOINT_FILE) of ``version``."""
+    return f"{MODELS}/{version}/{name}"
+
+
+def history_key(seq):
+    """The key of the history entry with sequence number ``seq``; keys sort in order."""
+    return f"{HISTORY}/{seq:010d}.json"
+
+
+def record_key(record_id):
+    return f"{RECORDS}/{record_id}.json"
+
+
+def day_key(day, record_id):
+    return f"{DAYS}/{day}/{record_id}"
+
+
+def rejected_key(record_id):
+    return f"{REJECTED}/{record_id}.json"
+
+
+def scale(pixels):
+    """uint8 pixels (ink 255) -> float32 of the same shape, ink 1.0 and background 0.0."""
+    return np.asarray(pixels, dtype=np.float32) / PIXEL_MAX
+
+
+def model_input(digits):
+    """Digits as stored, uint8 [N, 28, 28] -> the model's input, float32 [N, 1, 28, 28]."""
+    return scale(digits)[:, None]
+
+
+def to_pixels(x):
+    """A model input (float32, ink 1.0) -> uint8 pixels, the inverse of ``scale``."""
+    return np.round(np.asarray(x) * PIXEL_MAX).astype(np.uint8)

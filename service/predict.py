@@ -1,0 +1,46 @@
+"""POST /predict: read the digit in each canvas image of a request."""
+import time
+
+import numpy as np
+from flask import request
+
+from . import payload, preprocess
+from .errors import ApiError, json_response, not_ready
+from .model import softmax
+from .wsgi import MODEL_VERSION
+
+
+def register(app, holder, cfg):
+    max_pixels, max_batch = cfg["MAX_IMAGE_PIXELS"], cfg["MAX_BATCH"]
+
+    @app.post("/predict")
+    def predict():
+        model = holder.current  # read once: a hot swap never lands inside a request
+        if model is None:
+            raise not_ready()
+        images, want_preview, batch = payload.parse_predict(request, max_batch)
+        inputs = []
+        for i, data in enumerate(images):
+            try:
+                inputs.append(preprocess.preprocess(data, max_pixels))
+            except ApiError as e:
+                if batch:
+                    e.message = f"images[{i}]: {e.message}"
+                raise
+        x = np.stack(inputs)[:, None]
+        started = time.perf_counter()
+        logits = model.logits(x)
+        app.metrics.observe_inference(time.perf_counter() - started, len(inputs))
+        request.environ[MODEL_VERSION] = model.version
+        predictions = []
+        probabilities = softmax(logits.astype(np.float64))
+        for xi, p, rounded in zip(inputs, probabilities, np.round(probabilities, 6).tolist()):
+            digit = int(p.argmax())
+            result = {"digit": digit, "confidence": rounded[digit], "probabilities": rounded,
+                      "model_version": model.version}
+            if want_preview:
+                result["preview"] = preprocess.preview_data_url(xi)
+            predictions.append(result)
+        if batch:
+            return json_response({"predictions": predictions, "model_version": model.version})
+        return json_response(predictions[0])
