@@ -41,30 +41,34 @@ TARGETS = {"throughput_ratio_c8": 3.0, "p99_ms_c8": 25.0, "errors": 0, "cpu_ms_p
            "cold_start_s": 0.5}
 
 
-def measure_server(name, cmd, env, pngs, args, concurrencies, cold_runs, client_cpus=None):
-    result = {"command": " ".join(cmd), "env": env}
-    if cold_runs:
-        print(f"{name}: cold start x{cold_runs} ...", flush=True)
-        cold = []
-        for _ in range(cold_runs):
+def cold_starts(servers, png, runs):
+    """Launch -> first 200 on POST /predict, ``runs`` times for each of ``servers`` (name ->
+    (command, env)), taking turns so the machine's drift hits each alike."""
+    times = {name: [] for name in servers}
+    for k in range(runs):
+        for name, (cmd, env) in servers.items():
+            print(f"{name}: cold start {k + 1}/{runs} ...", flush=True)
             s = Server(cmd, env)
             try:
-                cold.append(round(s.wait_first_prediction(pngs[0]), 3))
+                times[name].append(round(s.wait_first_prediction(png), 3))
             finally:
                 s.stop()
-        result["cold_start_s"] = {"runs": cold, "median": statistics.median(cold), "min": min(cold)}
-    if concurrencies:
-        s = Server(cmd, env)
-        try:
-            s.wait_first_prediction(pngs[0])
-            for c in concurrencies:
-                print(f"{name}: concurrency {c} for {args.duration}s ...", flush=True)
-                result[f"c{c}"] = load(s.port, pngs, c, args.duration, args.warmup, s.pids, client_cpus)
-                print(f"  {result[f'c{c}']}", flush=True)
-            result["peak_rss_mib"], result["pss_mib"] = memory_mib(s.pids())
-            result["processes"] = len(s.pids())
-        finally:
-            s.stop()
+    return {name: {"runs": t, "median": statistics.median(t), "min": min(t)} for name, t in times.items()}
+
+
+def measure_server(name, cmd, env, pngs, args, concurrencies, client_cpus=None):
+    result = {"command": " ".join(cmd), "env": env}
+    s = Server(cmd, env)
+    try:
+        s.wait_first_prediction(pngs[0])
+        for c in concurrencies:
+            print(f"{name}: concurrency {c} for {args.duration}s ...", flush=True)
+            result[f"c{c}"] = load(s.port, pngs, c, args.duration, args.warmup, s.pids, client_cpus)
+            print(f"  {result[f'c{c}']}", flush=True)
+        result["peak_rss_mib"], result["pss_mib"] = memory_mib(s.pids())
+        result["processes"] = len(s.pids())
+    finally:
+        s.stop()
     return result
 
 
@@ -178,21 +182,22 @@ def main():
         servers[name] = (cmd.split(), servers["service"][1])
     results.update(measure_interleaved(servers, pngs, args, [1, 8]))
 
-    # Cold start as deployed: one worker.
-    results["service"]["cold_start_s"] = measure_server(
-        "service (1 worker)", service_cmd, {**base_env, "WEB_CONCURRENCY": "1"}, pngs, args, [], args.cold_runs
-    )["cold_start_s"]
+    # Cold start as deployed, one worker, taking turns with the --also servers.
+    cold = {"service": (service_cmd, {**base_env, "WEB_CONCURRENCY": "1"})}
+    cold.update((name, (servers[name][0], cold["service"][1])) for name in servers if name not in ("service", "baseline"))
+    for name, figures in cold_starts(cold, pngs[0], args.cold_runs).items():
+        results[name]["cold_start_s"] = figures
 
     # One worker on one core, the load generator on the others: the capacity of one Knative pod.
     if os.cpu_count() >= 2:
         results["service_pinned_1_core"] = measure_server(
             "service pinned to core 0", ["taskset", "-c", "0", *service_cmd],
-            {**base_env, "WEB_CONCURRENCY": "1", **threads}, pngs, args, [1, 2, 4, 8], 0,
+            {**base_env, "WEB_CONCURRENCY": "1", **threads}, pngs, args, [1, 2, 4, 8],
             client_cpus=set(range(1, os.cpu_count())))
 
     if not args.skip_baseline:
-        results["baseline"]["cold_start_s"] = measure_server(
-            "baseline", baseline_cmd, {}, pngs, args, [], max(1, min(3, args.cold_runs)))["cold_start_s"]
+        results["baseline"]["cold_start_s"] = cold_starts({"baseline": (baseline_cmd, {})}, pngs[0],
+                                                          max(1, min(3, args.cold_runs)))["baseline"]
         s, b = results["service"], results["baseline"]
         results["ratios"] = {
             "requests_per_s_c1": round(s["c1"]["requests_per_s"] / b["c1"]["requests_per_s"], 2),
@@ -253,6 +258,8 @@ def summary(r):
             text += "\n" + name + ": " + "; ".join(
                 f"c{c} {o[f'c{c}']['requests_per_s']} req/s, p99 {o[f'c{c}']['p99_ms']} ms, "
                 f"cpu {o[f'c{c}']['server_cpu_ms_per_request']} ms/req" for c in (1, 8))
+            if "cold_start_s" in o:
+                text += f"; cold start {o['cold_start_s']['median']} s"
     if "ratios" in r:
         text += "\n\nratios (service / baseline): " + json.dumps(r["ratios"])
     text += "\ntargets: " + json.dumps(r["targets"])
