@@ -131,7 +131,12 @@ class LocalStore:
         path = self.path(key)
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            os.replace(_temp_file(path, data), path)
+            tmp = _temp_file(path, data)
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                os.unlink(tmp)
+                raise
         except OSError as e:
             raise StoreUnreachable(f"cannot write {path}: {e}") from e
 
@@ -329,7 +334,8 @@ class GCSStore:
         return self._call(f"list {self._where(prefix)}", names)
 
     def md5(self, key):
-        """The hex MD5 GCS keeps for ``key``, or None if it does not exist."""
+        """The hex MD5 GCS keeps for ``key``, "" for an object without one (a composite
+        object), or None if it does not exist."""
         import base64
 
         def md5():
@@ -338,7 +344,7 @@ class GCSStore:
                 if not self._bucket_exists():
                     raise StoreUnreachable(f"{self._where(key)}: bucket gs://{self.bucket_name} does not exist")
                 return None
-            return base64.b64decode(blob.md5_hash).hex() if blob.md5_hash else sha256_hex(b"")
+            return base64.b64decode(blob.md5_hash).hex() if blob.md5_hash else ""
 
         return self._call(self._where(key), md5)
 
