@@ -344,14 +344,16 @@ def test_a_late_answer_never_overwrites_a_newer_one(page):
     expect(page.get_by_test_id("error")).to_have_text("")
 
 
+def not_ready(route):
+    """Answer as a service that has not loaded its model yet."""
+    route.fulfill(status=503, content_type="application/json",
+                  body=json.dumps({"error": {"code": "model_not_ready",
+                                             "message": "no model loaded yet; retry shortly"}}))
+
+
 def test_a_503_model_not_ready_is_explained_and_the_page_recovers(page):
     # A real not-ready service is tested below; this one checks the page as the first answer
     # from a Knative revision that has not loaded its model yet.
-    def not_ready(route):
-        route.fulfill(status=503, content_type="application/json",
-                      body=json.dumps({"error": {"code": "model_not_ready",
-                                                 "message": "no model loaded yet; retry shortly"}}))
-
     page.route("**/predict", not_ready)
     draw_mouse(page, place(DIGITS[7]))
     wait_for_answer(page)
@@ -515,11 +517,6 @@ def test_on_a_small_phone_the_answer_and_wrong_are_in_view_beside_the_pad(browse
 
 
 # --- waking the service ------------------------------------------------------------------
-
-def not_ready(route):
-    route.fulfill(status=503, content_type="application/json",
-                  body=json.dumps({"error": {"code": "model_not_ready", "message": "no model loaded yet; retry shortly"}}))
-
 
 def test_the_page_wakes_the_service_as_it_opens_and_asks_again_while_it_starts(browser, service):
     """The first GET /readyz goes out before anything is drawn; while it answers 503 it is
