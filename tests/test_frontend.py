@@ -790,15 +790,20 @@ class QuietHandler(SimpleHTTPRequestHandler):
 
 def test_frontend_hosted_elsewhere_calls_the_api_named_by_the_query(browser, trained_store, tmp_path):
     """The static files served by another origin (as from a GCS bucket), ?api= naming the
-    service, and the service's CORS allow-list permitting that origin."""
+    service, and the service's CORS allow-list permitting that origin, for a correction too
+    (a JSON POST, so the browser asks first)."""
     static = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=FRONTEND_DIR))
     threading.Thread(target=static.serve_forever, daemon=True).start()
     origin = f"http://127.0.0.1:{static.server_port}"
-    svc = Service(trained_store, log_dir=str(tmp_path), env={"CORS_ORIGINS": origin}).start()
+    store = str(tmp_path / "feedback-store")
+    svc = Service(trained_store, log_dir=str(tmp_path), env={"CORS_ORIGINS": origin, "FEEDBACK_URI": store}).start()
     try:
         page = open_page(browser, f"{origin}/index.html?api={svc.url}")
         assert write(page, 7) == "7"
         expect(page.get_by_test_id("model-version")).to_have_text(model_version(svc))
+        correct(page, 1)
+        expect(page.get_by_test_id("feedback-status")).to_have_text(SENT)
+        assert [(r["label"], r["predicted"]) for r in feedback_records(store).values()] == [(1, 7)]
         assert page.console.errors() == []
         page.context.close()
     finally:
