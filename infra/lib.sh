@@ -36,8 +36,9 @@ VENV_PYTHON="${VENV_PYTHON:-$ROOT/.venv/bin/python}"
 
 DRY_RUN=0
 
+# The script's header comment, from its second line to the first line of code.
 usage() {
-  sed -n '2,/^$/s/^# \{0,1\}//p' "$0"
+  sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"
   exit "${1:-0}"
 }
 

@@ -122,7 +122,7 @@ def test_dry_run_of_everything_prints_the_pinned_versions_and_steps(fake_tools):
         f"gcloud builds submit {ROOT} --project {p} --region {r} --config {INFRA}/cloudbuild.yaml",
         f"_REGISTRY={r}-docker.pkg.dev/{p}/{CONFIG['AR_REPO']},_IMAGE_TAG={CONFIG['IMAGE_TAG']}",
         "| kubectl apply -l 'app.kubernetes.io/component!=serving' -f -",
-        f"kubectl get rayjob digitdraw-train-",
+        "kubectl get rayjob digitdraw-train-",
         f"kubectl kustomize {INFRA}/overlays/gke | {ROOT}/.venv/bin/python {INFRA}/ksvc.py stable "
         "| kubectl apply -l 'app.kubernetes.io/component!=training' -f -",
         f"kubectl wait ksvc digitdraw --namespace {ns} --for condition=Ready",
@@ -158,6 +158,7 @@ def test_the_selectors_split_the_overlay_between_training_and_serving():
         assert ("ServiceAccount", "digitdraw-trainer") in training - serving
         assert ("Service", "digitdraw") in serving - training
         assert ("ServiceAccount", "digitdraw-server") in serving - training
+        assert {("RayCronJob", "digitdraw-retrain-nightly"), ("ConfigMap", "digitdraw-ray")} <= training - serving
         assert {("Namespace", CONFIG["NAMESPACE"]), ("PersistentVolumeClaim", "digitdraw-shared")} <= training & serving
 
 

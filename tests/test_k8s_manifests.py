@@ -10,7 +10,6 @@ validate` checks the same overlays against a live cluster instead.
 import copy
 import os
 import re
-import shlex
 import subprocess
 import sys
 
