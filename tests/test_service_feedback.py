@@ -70,7 +70,7 @@ def test_a_correction_is_stored_once_as_the_input_the_model_saw(trained_store, f
     status, confirmed = send(client, {"image": data_url(png_bytes(draw_digit(0))), "label": 0, "predicted": 0})
     assert status == 201 and confirmed["status"] == "stored"
     metrics = app.metrics.render()
-    assert f'digitdraw_feedback_total{{result="stored",model_version="{version}"}} 1' in metrics
+    assert f'digitdraw_feedback_total{{result="stored",model_version="{version}"}} 2' in metrics  # with the confirmation
     assert f'digitdraw_feedback_total{{result="duplicate",model_version="{version}"}} 1' in metrics
     assert f'digitdraw_corrections_total{{model_version="{version}"}} 2' in metrics  # the first and its duplicate
 
