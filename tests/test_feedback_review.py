@@ -423,8 +423,9 @@ def test_records_the_service_stored(store_uri, tmp_path):
 
     listed = as_json(cli(store_uri, "list", "--json"))
     assert [r["id"] for r in listed] == sent[::-1]
+    today = days_ago(0).date().isoformat()
     assert [(r["predicted"], r["label"], r["model_version"], r["client_id"], r["day"]) for r in listed] == [
-        (0, 0, version, "pen-b", days_ago(0).date().isoformat()), (7, 1, version, "pen-a", days_ago(0).date().isoformat())]
+        (0, 0, version, "pen-b", today), (7, 1, version, "pen-a", today)]
     stats = as_json(cli(store_uri, "stats", "--json"))
     assert stats["confusions"] == [{"predicted": 7, "label": 1, "count": 1}] and stats["confirmations"] == 1
 

@@ -397,7 +397,8 @@ def _resolve(store, text):
         raise ReviewError(f"no record {text} in {store.uri}; `python -m training.feedback --store {store.uri} list` "
                           "shows the records", EXIT_NOT_FOUND)
     raise ReviewError(f"{text} is the start of {len(matches)} record ids in {store.uri} "
-                      f"({', '.join(m[:16] + '...' for m in sorted(matches)[:5])}); give more of the id", EXIT_AMBIGUOUS)
+                      f"({', '.join(m[:16] + '...' for m in sorted(matches)[:5])}); give more of the id",
+                      EXIT_AMBIGUOUS)
 
 
 def _rejection(store, record_id):
@@ -626,8 +627,8 @@ def parser():
                   "unreadable, and how many writers (client ids) sent them")
     sub.add_argument("--days", type=_whole(1), metavar="N", help="only the last N days, today (UTC) included")
     sub.add_argument("--json", action="store_true", help="the counts as a JSON object")
-    sub = command("list", cmd_list, "the newest records first: id (its first 12 hex digits), created, predicted "
-                  "→ label, model version, client id, and whether it is rejected or unreadable")
+    sub = command("list", cmd_list, f"the newest records first: id (its first {SHORT_ID} hex digits), created, "
+                  "predicted → label, model version, client id, and whether it is rejected or unreadable")
     filters(sub, LIST_LIMIT)
     sub.add_argument("--json", action="store_true", help="the same rows as a JSON list, with the full ids")
     sub = command("show", cmd_show, "one record without its pixels, its digit drawn as text, and whether it is "
@@ -638,7 +639,8 @@ def parser():
     sub.add_argument("id", type=_record_id, metavar="ID", help=f"a record id, or its first {ID_PREFIX}+ hex digits")
     sub.add_argument("--reason", type=_reason, required=True, help="why, for whoever looks later (required)")
     sub = command("sheet", cmd_sheet, "a contact sheet PNG of the newest readable records: each digit white on "
-                  "black, captioned predicted → label and its id's first 8 hex digits; rejected ones framed in red")
+                  f"black, captioned predicted → label and its id's first {ID_PREFIX} hex digits; rejected ones "
+                  "framed in red")
     sub.add_argument("--out", required=True, metavar="FILE.png", help="the PNG to write (replaced whole)")
     filters(sub, SHEET_LIMIT)
     sub.add_argument("--scale", type=_whole(2), default=SHEET_SCALE, metavar="S",
