@@ -154,7 +154,9 @@ class LocalStore:
             raise StoreUnreachable(f"cannot delete {path}: {e}") from e
 
     def list(self, prefix=""):
-        """Every key below ``prefix`` (a directory), sorted; none if it does not exist."""
+        """Every key below ``prefix`` (a directory), sorted; none if the prefix does not exist.
+        A missing store directory is StoreUnreachable: an unmounted volume must not look empty."""
+        self._check_root()
         top, keys = self.path(prefix), []
         for dirpath, dirnames, files in os.walk(top):
             dirnames[:] = [d for d in dirnames if not d.startswith(TEMP_PREFIX)]

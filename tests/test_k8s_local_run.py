@@ -332,8 +332,6 @@ def retrained_from_raycronjob(manifests, trained_from_rayjob, fake_gcs, tmp_path
     return done
 
 
-@pytest.mark.xfail(reason="needs the training CLI's --feedback and --init-from (FEEDBACK_URI, INIT_FROM), "
-                          "which are being written on main", strict=False)
 def test_raycronjob_retrains_from_latest_with_the_feedback(trained_from_rayjob, retrained_from_raycronjob):
     sys.path.insert(0, ROOT)
     from service.store import load_verified, open_store
