@@ -9,7 +9,7 @@ from flask import Flask
 from PIL import Image
 
 from . import config as config_module
-from . import errors, log, oip, ops, predict, static
+from . import errors, feedback, log, oip, ops, predict, static
 from .metrics import Metrics
 from .model import ModelHolder
 from .wsgi import RequestLayer
@@ -33,12 +33,14 @@ def create_app(config=None):
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
     app = Flask(__name__, static_folder=None)
+    # The front (service/front.py) bounds bodies first; this holds under Flask's test client too.
     app.config["MAX_CONTENT_LENGTH"] = cfg["MAX_BODY_BYTES"]
     app.config["MAX_FORM_MEMORY_SIZE"] = cfg["MAX_BODY_BYTES"]
-    holder = ModelHolder(cfg["MODEL_URI"], cfg["MODEL_POLL_SECONDS"])
+    holder = ModelHolder(cfg["MODEL_URI"], cfg["MODEL_POLL_SECONDS"], cfg["MODEL_VERSION"])
 
     predict.register(app, holder, cfg)
-    ops.register(app, holder)
+    feedback.register(app, cfg)
+    ops.register(app, holder, feedback_on=bool(cfg["FEEDBACK_URI"]))
     oip.register(app, holder, cfg["MAX_BATCH"])
     route_of = static.register(app, cfg["FRONTEND_DIR"])  # last: it answers every other GET
     errors.register(app, cfg["MAX_BODY_BYTES"])

@@ -1,60 +1,85 @@
-"""Service configuration from environment variables (the same names in the README and Knative).
+"""The service's configuration: environment variables only, each defined once in SETTINGS.
 
-=====================  ===================  ==============================================
-Variable               Default              Meaning
-=====================  ===================  ==============================================
-PORT                   8080                 TCP port to listen on (Knative sets it)
-HOST                   0.0.0.0              address to bind (tests use 127.0.0.1)
-MODEL_URI              model-store          model store: a directory, a PVC mount or gs://bucket/prefix
-MODEL_POLL_SECONDS     30                   how often to check LATEST for a new model; 0 turns polling off
-MAX_BODY_BYTES         1048576              largest request body (413 above)
-MAX_IMAGE_PIXELS       4194304              largest image, width x height (413 above; 2048x2048)
-MAX_BATCH              64                   most images in one batch request (413 above)
-CORS_ORIGINS           (empty)              comma-separated origins allowed to call the API, or *
-LOG_LEVEL              info                 debug, info, warning or error
-FRONTEND_DIR           <repo>/frontend      static files served at /
-WEB_CONCURRENCY        1                    worker processes
-THREADS                1                    Python threads per worker that run requests
-GRACEFUL_TIMEOUT       20                   seconds in-flight requests get to finish after SIGTERM
-=====================  ===================  ==============================================
+``python -m service --help`` prints the table; the Knative manifest sets the same names.
 """
 import os
+import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-def _int(env, name, default, minimum):
-    raw = env.get(name, "")
-    if raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer; set it to a whole number (default {default})") from None
-    if value < minimum:
-        raise ValueError(f"{name}={value} is below the minimum of {minimum}")
-    return value
+def _int(minimum):
+    def parse(name, raw):
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"{name}={raw!r} is not an integer; set it to a whole number") from None
+        if value < minimum:
+            raise ValueError(f"{name}={value} is below the minimum of {minimum}")
+        return value
+    return parse
+
+
+def _text(name, raw):
+    return raw.strip()
+
+
+def _level(name, raw):
+    level = raw.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError(f"{name}={raw!r}; use debug, info, warning or error")
+    return level
+
+
+def _origins(name, raw):
+    return [o.strip().rstrip("/") for o in raw.split(",") if o.strip()]
+
+
+def _version(name, raw):
+    raw = raw.strip()
+    if raw and not VERSION_NAME.fullmatch(raw):
+        raise ValueError(f"{name}={raw!r} is not a model version name (like 20261202T000028Z-a6785ae6)")
+    return raw
+
+
+# (name, default, parser, meaning). The defaults are what an unset or empty variable means.
+SETTINGS = [
+    ("PORT", "8080", _int(0), "TCP port to listen on (Knative sets it)"),
+    ("HOST", "0.0.0.0", _text, "address to bind (make run and the tests use 127.0.0.1)"),
+    ("MODEL_URI", "model-store", _text, "model store: a directory, a PVC mount or gs://bucket/prefix"),
+    ("MODEL_VERSION", "", _version, "serve exactly this version and ignore LATEST (pinned); empty: follow LATEST"),
+    ("MODEL_POLL_SECONDS", "30", _int(0), "how often to check LATEST for a new model; 0 turns polling off"),
+    ("FEEDBACK_URI", "", _text, "feedback store for POST /feedback (directory or gs://bucket/prefix); empty: off"),
+    ("FEEDBACK_RATE_LIMIT", "30", _int(0),
+     "corrections one client may send per minute (a pod takes 20 times that); 0 turns both limits off"),
+    ("MAX_BODY_BYTES", "1048576", _int(1), "largest request body, with Content-Length or chunked (413 above)"),
+    ("READ_TIMEOUT_SECONDS", "10", _int(1), "time a request's headers and body may take to arrive (408 after)"),
+    ("MAX_IMAGE_PIXELS", "1048576", _int(1), "largest image, width x height (413 above; 1024x1024)"),
+    ("MAX_IMAGE_SIDE", "2048", _int(1), "longest side of an image, in pixels (413 above)"),
+    ("MAX_BATCH", "64", _int(1), "most images in one batch request (413 above)"),
+    ("MAX_BATCH_PIXELS", "4194304", _int(1), "most pixels of all the images of one request together (413 above)"),
+    ("CORS_ORIGINS", "", _origins, "comma-separated origins allowed to call the API, or *"),
+    ("LOG_LEVEL", "info", _level, "debug, info, warning or error"),
+    ("FRONTEND_DIR", os.path.join(ROOT, "frontend"), _text, "static files served at /"),
+    ("WEB_CONCURRENCY", "1", _int(1), "worker processes"),
+    ("THREADS", "1", _int(1), "request threads per worker (liveness is answered beside them)"),
+    ("GRACEFUL_TIMEOUT", "20", _int(1), "seconds in-flight requests get to finish after SIGTERM"),
+]
 
 
 def load(env=None):
-    """Read the configuration from ``env`` (default os.environ). Raises ValueError naming the variable."""
+    """The configuration from ``env`` (default os.environ). Raises ValueError naming the variable."""
     env = os.environ if env is None else env
-    level = env.get("LOG_LEVEL", "info").strip().upper() or "INFO"
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise ValueError(f"LOG_LEVEL={level!r}; use debug, info, warning or error")
-    origins = [o.strip().rstrip("/") for o in env.get("CORS_ORIGINS", "").split(",") if o.strip()]
-    return {
-        "PORT": _int(env, "PORT", 8080, 0),
-        "HOST": env.get("HOST", "").strip() or "0.0.0.0",
-        "MODEL_URI": env.get("MODEL_URI", "").strip() or "model-store",
-        "MODEL_POLL_SECONDS": _int(env, "MODEL_POLL_SECONDS", 30, 0),
-        "MAX_BODY_BYTES": _int(env, "MAX_BODY_BYTES", 1 << 20, 1),
-        "MAX_IMAGE_PIXELS": _int(env, "MAX_IMAGE_PIXELS", 2048 * 2048, 1),
-        "MAX_BATCH": _int(env, "MAX_BATCH", 64, 1),
-        "CORS_ORIGINS": origins,
-        "LOG_LEVEL": level,
-        "FRONTEND_DIR": env.get("FRONTEND_DIR", "").strip() or os.path.join(ROOT, "frontend"),
-        "WEB_CONCURRENCY": _int(env, "WEB_CONCURRENCY", 1, 1),
-        "THREADS": _int(env, "THREADS", 1, 1),
-        "GRACEFUL_TIMEOUT": _int(env, "GRACEFUL_TIMEOUT", 20, 1),
-    }
+    cfg = {}
+    for name, default, parse, _ in SETTINGS:
+        raw = env.get(name, "")
+        cfg[name] = parse(name, raw if raw.strip() else default)
+    return cfg
+
+
+def table():
+    """SETTINGS as the text table ``--help`` prints."""
+    rows = [(name, default.replace(ROOT, "<repo>") or "(empty)", meaning) for name, default, _, meaning in SETTINGS]
+    width = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
+    return "\n".join(f"  {n:<{width[0]}}  {d:<{width[1]}}  {m}" for n, d, m in rows)

@@ -11,7 +11,7 @@ from flask import Response
 CODES = {
     "invalid_json": 400, "missing_field": 400, "invalid_field": 400, "invalid_base64": 400,
     "not_an_image": 400, "invalid_tensor": 400, "bad_request": 400,
-    "not_found": 404, "model_not_found": 404, "feedback_disabled": 404,
+    "not_found": 404, "feedback_disabled": 404,
     "method_not_allowed": 405,
     "request_timeout": 408,
     "body_too_large": 413, "image_too_large": 413, "too_many_images": 413,
@@ -53,9 +53,9 @@ def not_ready():
 
 def register(app, max_body_bytes):
     """Answer every error as JSON: ours, Werkzeug's HTTP errors, and anything unexpected."""
-    import logging
-
     from flask import request
+
+    from . import log
     from werkzeug.exceptions import HTTPException, NotFound
 
     @app.errorhandler(ApiError)
@@ -71,9 +71,9 @@ def register(app, max_body_bytes):
         if e.code == 413:
             message = f"the request body is over the limit of {max_body_bytes} bytes; send a smaller image"
         elif e.code == 405:
-            message = f"{request.method} is not allowed on {request.path}; use {', '.join(e.valid_methods or [])}"
+            message = f"{request.method} is not allowed on {_short(request.path)}; use {', '.join(e.valid_methods or [])}"
         elif e.code == 404 and message == NotFound.description:
-            message = f"nothing at {request.path}; see /openapi.json for the API"
+            message = f"nothing at {_short(request.path)}; see /openapi.json for the API"
         response = json_response(error_body(code, message), e.code)
         for name, value in e.get_headers():
             if name.lower() != "content-type":
@@ -82,6 +82,12 @@ def register(app, max_body_bytes):
 
     @app.errorhandler(Exception)
     def internal_error(e):
-        logging.getLogger("service").exception(f"unhandled error on {request.method} {request.path}")
-        return json_response(error_body("internal_error", "the server failed on this request; it has been logged"),
-                             500)
+        rid = request.environ.get("digitdraw.request_id", "")
+        log.error_line(e, request.method, request.path, rid)
+        return json_response(error_body("internal_error", f"the server failed on this request; quote request id "
+                                                          f"{rid} when you report it"), 500)
+
+
+def _short(path, limit=80):
+    """A path to quote back to a client: cut short, so an error never echoes a huge one."""
+    return path if len(path) <= limit else path[:limit] + "..."

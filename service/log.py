@@ -69,3 +69,15 @@ def request_line(method, path, status, seconds, model_version, request_id):
                        "latency_ms": round(seconds * 1000, 3), "model_version": model_version,
                        "request_id": request_id})
     os.write(2, line.encode() + b"\n")
+
+
+def error_line(exc, method, path, request_id):
+    """One ERROR line for an exception no handler expected: its type, message and the line
+    that raised it, with the request id; the client gets the id, not the traceback."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+    logging.getLogger("service").error(
+        f"unhandled error on {method} {path[:200]}: {type(exc).__name__}: {str(exc)[:300]}",
+        extra={"fields": {"request_id": request_id, "where": where}})

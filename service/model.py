@@ -64,16 +64,26 @@ def softmax(logits):
 
 
 class ModelHolder:
-    """Keeps the newest verified model from a store; ``current`` is None until one loads."""
+    """Keeps a verified model from a store; ``current`` is None until one loads.
 
-    def __init__(self, uri, poll_seconds=0):
+    Following (``pinned`` unset), it serves the version LATEST names and swaps in the next
+    one LATEST moves to. Pinned, it serves exactly ``pinned`` and never reads LATEST: a
+    canary revision, or a service held on a version while LATEST moves on.
+    """
+
+    def __init__(self, uri, poll_seconds=0, pinned=None):
         self.uri = uri
         self.store = model_store.open_store(uri)  # a bad URI fails here, at start-up
         self.poll_seconds = poll_seconds
+        self.pinned = pinned or None
         self.current = None
         self.on_event = None  # called with ("ok" | "refused", version), e.g. to count for /metrics
         self._thread = None
-        self._refused = None  # the LATEST token of a version we refused, so we log it once
+        self._refused = None  # (version, LATEST token) of a version we refused, so we log it once
+
+    @property
+    def mode(self):
+        return "pinned" if self.pinned else "following"
 
     @property
     def is_local(self):
@@ -107,42 +117,50 @@ class ModelHolder:
             try:
                 self.check()
             except Exception as e:  # keep retrying whatever went wrong; say what it was
-                log.warning(f"model not ready: {e}; retrying in {delay:.1f}s",
-                            extra={"fields": {"model_uri": self.uri, "retry_in_s": delay}})
+                log.warning(f"model not ready ({self.mode}): {e}; retrying in {delay:.1f}s",
+                            extra={"fields": {"model_uri": self.uri, "retry_in_s": delay, "mode": self.mode}})
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
-        while self.poll_seconds > 0:
+        failures = _Failures()
+        while self.poll_seconds > 0 and not self.pinned:  # a pinned version never changes
             time.sleep(self.poll_seconds)
             try:
                 self.check()
             except Exception as e:
-                log.warning(f"cannot check {self.uri} for a new model: {e}; still serving "
-                            f"{self.current.version}", extra={"fields": {"model_uri": self.uri}})
+                failures.failed(f"cannot check {self.uri} for a new model: {e}; still serving {self.current.version}",
+                                {"model_uri": self.uri})
+            else:
+                failures.recovered(f"{self.uri} answers again; serving {self.current.version}")
 
     def _event(self, result, version):
         if self.on_event is not None:
             self.on_event(result, version)
 
     def check(self):
-        """Load LATEST if it names a version other than the current one.
+        """Load the version to serve (the pinned one, or the one LATEST names) if it is not
+        the current one.
 
         Raises StoreError when the store is unreachable or has no model yet, or when the
         first model fails verification. A later model that fails verification is refused
-        and logged, and the current one stays.
+        and logged once, and the current one stays.
         """
         store = self.store
-        pointer, token = store.read_latest()
-        if pointer is None:
-            raise model_store.StoreNotFound(
-                f"no model published in {store.uri} yet ({contract.LATEST} is missing); "
-                f"train and publish one with `python -m training --publish {self.uri}`")
-        version = pointer["version"]
+        if self.pinned:
+            version, token = self.pinned, None
+        else:
+            pointer, token = store.read_latest()
+            if pointer is None:
+                raise model_store.StoreNotFound(
+                    f"no model published in {store.uri} yet ({contract.LATEST} is missing); "
+                    f"train and publish one with `python -m training --publish {self.uri}`")
+            version = pointer["version"]
         if self.current is not None and version == self.current.version:
             return
         if self._refused == (version, token):
             if self.current is None:
                 raise model_store.StoreError(f"model {version} failed verification; "
-                                             f"publish a good model and move LATEST to it")
+                                             + ("pin a good version" if self.pinned else
+                                                "publish a good model and move LATEST to it"))
             return
         started = time.monotonic()
         try:
@@ -155,14 +173,35 @@ class ModelHolder:
             self._event("refused", version)
             serving = self.current.version if self.current else "nothing"
             log.error(f"refused model {version} from {store.uri}: {e}; still serving {serving}",
-                      extra={"fields": {"model_version": version, "model_uri": store.uri}})
+                      extra={"fields": {"model_version": version, "model_uri": store.uri, "mode": self.mode}})
             if self.current is None:
                 raise
             return
         previous = self.current
         self.current = model  # the atomic swap: one reference assignment
         self._event("ok", model.version)
-        log.info(f"model {model.version} loaded from {store.uri}"
+        log.info(f"model {model.version} loaded from {store.uri} ({self.mode})"
                  + (f", replacing {previous.version}" if previous else ""),
-                 extra={"fields": {"model_version": model.version, "model_uri": store.uri,
+                 extra={"fields": {"model_version": model.version, "model_uri": store.uri, "mode": self.mode,
                                    "load_ms": round(1000 * (time.monotonic() - started), 1)}})
+
+
+class _Failures:
+    """Logs a run of repeated failures without flooding: the first one, a changed message,
+    and once a minute how many there were; then once when they stop."""
+
+    def __init__(self, every=60.0):
+        self.every, self.count, self.message, self.logged_at = every, 0, None, 0.0
+
+    def failed(self, message, fields):
+        self.count += 1
+        now = time.monotonic()
+        if message != self.message or now - self.logged_at >= self.every:
+            log.warning(message + (f" ({self.count} failures in a row)" if self.count > 1 else ""),
+                        extra={"fields": {**fields, "failures": self.count}})
+            self.message, self.logged_at = message, now
+
+    def recovered(self, message):
+        if self.count:
+            log.info(f"{message} after {self.count} failures")
+        self.count, self.message = 0, None

@@ -5,13 +5,12 @@ an FP32 tensor, already preprocessed, ink 1.0 and background 0.0) as JSON data, 
 nested, and returns two outputs: the logits and the probabilities. The binary tensor
 extension is not supported. Errors use the service's JSON error body.
 """
-import json
 import time
 
 import numpy as np
 from flask import request
 
-from . import contract
+from . import contract, payload
 from .errors import ApiError, json_response, not_ready
 from .model import softmax
 from .wsgi import MODEL_VERSION
@@ -61,17 +60,14 @@ def register(app, holder, max_batch):
             raise ApiError("unsupported_media_type",
                            "send the inference request as application/json; the binary tensor extension "
                            "is not supported")
-        try:
-            body = json.loads(request.get_data(cache=False))
-        except ValueError as e:
-            raise ApiError("invalid_json", f"the body is not valid JSON ({e})") from None
+        body = payload.load_json(request.get_data(cache=False), "send {\"inputs\": [...]}")
         if not isinstance(body, dict):
             raise ApiError("invalid_json", "the body must be a JSON object with 'inputs'")
         x = _input_tensor(body, model.input_name, max_batch)
         wanted = _requested_outputs(body, [model.output_name, PROBABILITIES])
         started = time.perf_counter()
         logits = model.logits(x)
-        app.metrics.observe_inference(time.perf_counter() - started, len(x))
+        app.metrics.observe_inference(time.perf_counter() - started, model.version)
         request.environ[MODEL_VERSION] = model.version
         values = {model.output_name: logits,
                   PROBABILITIES: softmax32(logits)}
@@ -81,6 +77,13 @@ def register(app, holder, max_batch):
         if isinstance(body.get("id"), str):
             response["id"] = body["id"]
         return json_response(response)
+
+
+    @app.get("/v2/models/<name>")
+    @app.get("/v2/models/<name>/ready")
+    @app.post("/v2/models/<name>/infer")
+    def v2_unknown_model(name):
+        raise ApiError("not_found", f"no model {name[:64]!r} here; this server serves {NAME!r}")
 
 
 def softmax32(logits):
@@ -102,17 +105,35 @@ def _input_tensor(body, input_name, max_batch):
         raise ApiError("invalid_tensor", f"shape {shape!r} is not {contract.INPUT_SHAPE} with N >= 1")
     if shape[0] > max_batch:
         raise ApiError("too_many_images", f"a batch of {shape[0]}; send at most {max_batch}")
+    data = t.get("data")
+    if not isinstance(data, list) or not _numbers_only(data):
+        raise ApiError("invalid_tensor", "'data' must be an array (flat or nested) of JSON numbers; strings, "
+                                         "booleans and nulls are not FP32 values")
     try:
         with np.errstate(all="ignore"):  # out-of-range values become inf and are refused below
-            x = np.asarray(t.get("data"), dtype=np.float32)
-    except (ValueError, TypeError) as e:
-        raise ApiError("invalid_tensor", f"'data' is not an array of numbers ({e})") from None
+            x = np.asarray(data, dtype=np.float32)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ApiError("invalid_tensor", f"'data' is not an array of FP32 numbers ({str(e)[:120]})") from None
     needed = int(np.prod(shape))
     if x.size != needed:
         raise ApiError("invalid_tensor", f"'data' holds {x.size} numbers; shape {shape} needs {needed}")
     if not np.isfinite(x).all():
         raise ApiError("invalid_tensor", "'data' holds NaN or infinite values")
     return x.reshape(shape)
+
+
+def _numbers_only(data):
+    """Whether nested lists ``data`` hold only ints and floats (no bool, str or None)."""
+    todo = [data]
+    while todo:
+        items = todo.pop()
+        kinds = set(map(type, items))
+        if list in kinds:
+            todo += [v for v in items if type(v) is list]
+            kinds.discard(list)
+        if not kinds <= {int, float}:
+            return False
+    return True
 
 
 def _requested_outputs(body, names):

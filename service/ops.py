@@ -6,11 +6,20 @@ from flask import Response
 from .errors import json_response, not_ready
 
 OPENAPI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "openapi.json")
+# What /model tells anyone: enough to know which model answers and how good it is. The rest
+# of model.json (the training config, run and code revision) is for the registry and the logs.
+PUBLIC_META = ("version", "created_at", "sha256", "size_bytes", "input", "output", "metrics", "data_source")
 
 
-def register(app, holder):
+def register(app, holder, feedback_on):
     with open(OPENAPI, "rb") as f:
         openapi_doc = f.read()
+
+    def model_or_503():
+        model = holder.current
+        if model is None:
+            raise not_ready()
+        return model
 
     @app.get("/healthz")
     def healthz():
@@ -18,21 +27,20 @@ def register(app, holder):
 
     @app.get("/readyz")
     def readyz():
-        model = holder.current
-        if model is None:
-            raise not_ready()
-        return json_response({"status": "ready", "model_version": model.version})
+        model = model_or_503()
+        return json_response({"status": "ready", "model_version": model.version, "mode": holder.mode,
+                              "feedback": feedback_on})
 
     @app.get("/model")
     def model_info():
-        model = holder.current
-        if model is None:
-            raise not_ready()
-        return json_response(model.meta)
+        meta = model_or_503().meta
+        public = {k: meta[k] for k in PUBLIC_META if k in meta}
+        public["quantization"] = meta.get("quantization", {}).get("scheme", "none")
+        return json_response({**public, "mode": holder.mode})
 
     @app.get("/metrics")
     def metrics():
-        return Response(app.metrics.render(), mimetype="text/plain; version=0.0.4")
+        return Response(app.metrics.render(holder.mode), mimetype="text/plain; version=0.0.4")
 
     @app.get("/openapi.json")
     def openapi_json():

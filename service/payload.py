@@ -34,11 +34,18 @@ def parse_predict(request, max_batch):
     raise ApiError("unsupported_media_type", f"{what} is not accepted; {ACCEPTED}")
 
 
-def _from_json(raw, max_batch):
+def load_json(raw, hint="send a JSON object"):
+    """The parsed JSON body; 400 invalid_json for anything json.loads cannot take."""
     try:
-        body = json.loads(raw)
+        return json.loads(raw)
     except ValueError as e:  # includes bad UTF-8
-        raise ApiError("invalid_json", f"the body is not valid JSON ({e}); {ACCEPTED}") from None
+        raise ApiError("invalid_json", f"the body is not valid JSON ({str(e)[:200]}); {hint}") from None
+    except RecursionError:
+        raise ApiError("invalid_json", "the body is JSON nested too deeply to read; send a flat object") from None
+
+
+def _from_json(raw, max_batch):
+    body = load_json(raw, ACCEPTED)
     if not isinstance(body, dict):
         raise ApiError("invalid_json", f"the body must be a JSON object, not {type(body).__name__}; "
                                             "send {\"image\": \"<base64 PNG>\"}")

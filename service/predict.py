@@ -11,7 +11,7 @@ from .wsgi import MODEL_VERSION
 
 
 def register(app, holder, cfg):
-    max_pixels, max_batch = cfg["MAX_IMAGE_PIXELS"], cfg["MAX_BATCH"]
+    max_batch = cfg["MAX_BATCH"]
 
     @app.post("/predict")
     def predict():
@@ -19,19 +19,22 @@ def register(app, holder, cfg):
         if model is None:
             raise not_ready()
         images, want_preview, batch = payload.parse_predict(request, max_batch)
+        limits = preprocess.Limits(cfg["MAX_IMAGE_PIXELS"], cfg["MAX_IMAGE_SIDE"], cfg["MAX_BATCH_PIXELS"])
+        request.environ[MODEL_VERSION] = model.version
         inputs = []
         for i, data in enumerate(images):
             try:
-                inputs.append(preprocess.preprocess(data, max_pixels))
+                inputs.append(preprocess.preprocess(data, limits))
             except ApiError as e:
+                if e.code == "empty_canvas":
+                    app.metrics.observe_empty_canvas(model.version)
                 if batch:
                     e.message = f"images[{i}]: {e.message}"
                 raise
         x = np.stack(inputs)[:, None]
         started = time.perf_counter()
         logits = model.logits(x)
-        app.metrics.observe_inference(time.perf_counter() - started, len(inputs))
-        request.environ[MODEL_VERSION] = model.version
+        app.metrics.observe_inference(time.perf_counter() - started, model.version)
         predictions = []
         probabilities = softmax(logits.astype(np.float64))
         for xi, p, rounded in zip(inputs, probabilities, np.round(probabilities, 6).tolist()):
@@ -41,6 +44,7 @@ def register(app, holder, cfg):
             if want_preview:
                 result["preview"] = preprocess.preview_data_url(xi)
             predictions.append(result)
+        app.metrics.observe_predictions([p["confidence"] for p in predictions], model.version)
         if batch:
             return json_response({"predictions": predictions, "model_version": model.version})
         return json_response(predictions[0])

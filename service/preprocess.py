@@ -27,6 +27,7 @@ OTHER_FORMATS = {b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP", b"II*\x00": "
                  b"MM\x00*": "TIFF", b"\x00\x00\x01\x00": "ICO", b"qoif": "QOI", b"<svg": "SVG",
                  b"<?xml": "SVG", b"%PDF": "PDF", b"\xff\x0a": "JPEG XL"}
 
+PROGRESSIVE_COST = 4  # a progressive JPEG took 2-4x a baseline one's time per pixel (docs/serving.md)
 INK_THRESHOLD = 32   # of 255: fainter pixels (JPEG noise, a stray smudge) do not count as ink
 BOX, FRAME = 20, contract.SIDE  # MNIST: digit fitted in a 20x20 box, centred in a 28x28 frame
 
@@ -51,14 +52,46 @@ def sniff_format(data):
     raise ApiError("not_an_image", "the bytes are not a PNG or JPEG image; send a PNG or JPEG")
 
 
-def decode(data, max_pixels):
+class Limits:
+    """What the images of one request may cost to decode, checked from their headers before
+    any decoding: each image at most ``pixels`` (width x height) and ``side`` on its longer
+    side, and all of them together at most ``total`` pixels. A progressive JPEG counts
+    PROGRESSIVE_COST times its pixels: it takes that much longer to decode."""
+
+    def __init__(self, pixels, side=None, total=None):
+        self.pixels, self.side = pixels, side
+        self.left = total
+
+    def charge(self, width, height, fmt, progressive=False):
+        if width == 0 or height == 0:
+            raise ApiError("not_an_image", f"the image is {width}x{height}; send a non-empty image")
+        if self.side is not None and max(width, height) > self.side:
+            raise ApiError("image_too_large", f"the image is {width}x{height}, longer than {self.side} px on a side; "
+                                              "send a smaller image (a canvas of about 280x280 is plenty)")
+        cost = width * height * (PROGRESSIVE_COST if progressive else 1)
+        if cost > self.pixels:
+            what = f"a progressive {fmt} of {width}x{height} counts as {cost}" if progressive else \
+                f"the image is {width}x{height} = {cost}"
+            raise ApiError("image_too_large", f"{what} pixels, over the limit of {self.pixels}; send a smaller "
+                                              "image (a canvas of about 280x280 is plenty)")
+        if self.left is not None:
+            if cost > self.left:
+                raise ApiError("image_too_large", "the images of this request hold more pixels together than the "
+                                                  "limit per request; send fewer or smaller images")
+            self.left -= cost
+
+
+def decode(data, limits):
     """Decode PNG/JPEG ``data`` into a loaded PIL image (first frame if animated).
 
-    Raises ApiError 400/413/415. The size is checked from the header before decoding.
+    Raises ApiError 400/413/415. ``limits`` (Limits) is charged from the header before
+    anything is decoded.
     """
     fmt = sniff_format(data)
-    if fmt == "PNG":
-        im = _canvas_png(data, max_pixels)
+    head = png.header(data) if fmt == "PNG" else None
+    if head is not None:
+        limits.charge(head.width, head.height, fmt)
+        im = _canvas_png(data, head)
         if im is not None:
             return im
     try:
@@ -66,37 +99,25 @@ def decode(data, max_pixels):
         width, height = im.size
     except Image.DecompressionBombError:
         raise ApiError("image_too_large",
-                       f"the image has too many pixels; send at most {max_pixels} pixels") from None
+                       f"the image has too many pixels; send at most {limits.pixels} pixels") from None
     except Exception as e:  # Pillow raises many types on malformed headers
         raise ApiError("not_an_image", f"cannot read the {fmt} header ({e}); send a complete PNG or JPEG") from None
-    _check_size(width, height, max_pixels)
+    if head is None:
+        limits.charge(width, height, fmt, progressive=bool(im.info.get("progression")))
     try:
         im.load()
     except Image.DecompressionBombError:
         raise ApiError("image_too_large",
-                       f"the image has too many pixels; send at most {max_pixels} pixels") from None
+                       f"the image has too many pixels; send at most {limits.pixels} pixels") from None
     except Exception as e:
         raise ApiError("not_an_image",
                        f"cannot decode the {fmt} image ({e}); send a complete, uncorrupted PNG or JPEG") from None
     return im
 
 
-def _check_size(width, height, max_pixels):
-    if width * height > max_pixels:
-        raise ApiError("image_too_large",
-                       f"the image is {width}x{height} = {width * height} pixels, over the limit of "
-                       f"{max_pixels}; send a smaller image (a canvas of about 280x280 is plenty)")
-    if width == 0 or height == 0:
-        raise ApiError("not_an_image", f"the image is {width}x{height}; send a non-empty image")
-
-
-def _canvas_png(data, max_pixels):
+def _canvas_png(data, head):
     """A browser canvas PNG decoded by service/png.py into an image sharing its buffer, or
     None for any other PNG (Pillow decodes those)."""
-    head = png.header(data)
-    if head is None:
-        return None
-    _check_size(head.width, head.height, max_pixels)
     try:
         pixels = png.canvas_pixels(data, head)
     except png.PNGError as e:
@@ -182,9 +203,9 @@ def to_mnist(im):
     return out
 
 
-def preprocess(data, max_pixels):
+def preprocess(data, limits):
     """Image bytes -> float32 [28, 28] model input. Raises ApiError 400/413/415/422."""
-    return to_mnist(decode(data, max_pixels))
+    return to_mnist(decode(data, limits))
 
 
 def preview_data_url(x):

@@ -22,7 +22,7 @@ def register(app, frontend_dir):
         if allowed:
             raise MethodNotAllowed(valid_methods=sorted(allowed))
         if not os.path.isdir(frontend):
-            raise NotFound(f"the frontend directory {frontend} does not exist; set FRONTEND_DIR")
+            raise NotFound("this server has no frontend to serve; its FRONTEND_DIR does not exist")
         return send_from_directory(frontend, filename)
 
     def route_of(path):

@@ -128,7 +128,7 @@ def test_preview_is_the_28x28_input(api):
     r = api.call("POST", "/predict", json_body={"image": data_url(SEVEN), "preview": True})
     im = Image.open(io.BytesIO(base64.b64decode(r.json["preview"].split(",", 1)[1])))
     assert im.size == (28, 28)
-    expected = preprocess.preprocess(SEVEN, 10**6)
+    expected = preprocess.preprocess(SEVEN, preprocess.Limits(10**6))
     np.testing.assert_allclose(np.asarray(im) / 255, expected, atol=1 / 255)
 
 
@@ -247,17 +247,25 @@ def test_unknown_path_is_404_json(api, path):
 
 def test_health_and_readiness(api, store):
     assert api.call("GET", "/healthz").json == {"status": "alive"}
-    assert api.call("GET", "/readyz").json == {"status": "ready", "model_version": latest_version(store)}
+    assert api.call("GET", "/readyz").json == {"status": "ready", "model_version": latest_version(store),
+                                               "mode": "following", "feedback": False}
 
 
-def test_model_is_the_published_model_json(api, store):
+def test_model_is_the_public_part_of_the_published_model_json(api, store):
     version = latest_version(store)
     with open(f"{store}/models/{version}/model.json") as f:
         published = json.load(f)
-    assert api.call("GET", "/model").json == published
+    public = {k: published[k] for k in ("version", "created_at", "sha256", "size_bytes", "input", "output",
+                                        "metrics", "data_source")}
+    assert api.call("GET", "/model").json == {**public, "quantization": published["quantization"]["scheme"],
+                                              "mode": "following"}
+    assert "config" in published and "code_revision" in published  # kept for the registry, not told to clients
 
 
 def test_metrics(api, store):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    version = latest_version(store)
     for _ in range(3):
         assert api.call("POST", "/predict", json_body={"image": data_url(SEVEN)}).status == 200
     api.call("POST", "/predict", data=b"{", headers={"Content-Type": "application/json"})
@@ -266,15 +274,28 @@ def test_metrics(api, store):
     text = r.body.decode()
     counts = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
               if line and not line.startswith("#")}
-    assert counts['digitdraw_requests_total{route="/predict",status="200"}'] >= 3
-    assert counts['digitdraw_requests_total{route="/predict",status="400"}'] >= 1
-    assert counts['digitdraw_request_duration_seconds_count{route="/predict"}'] >= 4
-    assert counts['digitdraw_request_duration_seconds_bucket{route="/predict",le="+Inf"}'] >= 4
-    assert counts["digitdraw_inference_duration_seconds_count"] >= 3
-    assert counts["digitdraw_images_total"] >= 3
-    assert any(k.startswith(f'digitdraw_model_info{{version="{latest_version(store)}"') for k in counts)
-    for line in text.splitlines():  # every line is a comment or "name{labels} number"
-        assert line.startswith("# ") or float(line.rsplit(" ", 1)[1]) >= 0
+    v = f'model_version="{version}"'
+    assert counts[f'digitdraw_requests_total{{route="/predict",status="200",{v}}}'] >= 3
+    assert counts[f'digitdraw_requests_total{{route="/predict",status="400",{v}}}'] >= 1
+    assert counts[f'digitdraw_request_duration_seconds_count{{route="/predict",{v}}}'] >= 4
+    assert counts[f'digitdraw_request_duration_seconds_bucket{{route="/predict",{v},le="+Inf"}}'] >= 4
+    assert counts[f"digitdraw_inference_duration_seconds_count{{{v}}}"] >= 3
+    assert counts[f"digitdraw_predictions_total{{{v}}}"] >= 3
+    assert counts[f"digitdraw_prediction_confidence_count{{{v}}}"] >= 3
+    assert any(k.startswith(f'digitdraw_model_info{{version="{version}"') for k in counts)
+    # The whole text is valid exposition format: Prometheus's own parser reads every family, and
+    # every histogram's buckets only grow and end at its count.
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert {"digitdraw_requests", "digitdraw_request_duration_seconds", "digitdraw_prediction_confidence"} <= set(families)
+    for family in families.values():
+        if family.type == "histogram":
+            series = {}
+            for s in family.samples:
+                key = tuple(sorted((k, x) for k, x in s.labels.items() if k != "le"))
+                series.setdefault(key, {})[s.name.rsplit("_", 1)[-1] + s.labels.get("le", "")] = s.value
+            for key, values in series.items():
+                buckets = [values[k] for k in values if k.startswith("bucket")]
+                assert buckets == sorted(buckets) and values["bucket+Inf"] == values["count"], (family.name, key)
 
 
 def test_metrics_add_up_across_workers(api):
@@ -319,7 +340,7 @@ def test_oip_health_and_metadata(api, store):
 
 
 def test_oip_infer_agrees_with_predict(api):
-    x = np.stack([preprocess.preprocess(png_bytes(draw_digit(d)), 10**6) for d in (0, 1, 7)])[:, None]
+    x = np.stack([preprocess.preprocess(png_bytes(draw_digit(d)), preprocess.Limits(10**6)) for d in (0, 1, 7)])[:, None]
     r = api.call("POST", "/v2/models/digitdraw/infer", json_body=infer_body(x, id="req-1"))
     assert r.status == 200 and r.json["id"] == "req-1"
     outputs = {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in r.json["outputs"]}

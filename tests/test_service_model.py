@@ -231,7 +231,8 @@ def test_a_killed_worker_is_replaced_and_keeps_its_counts(store, tmp_path):
         assert predict(server.url).status_code == 200
         # The new worker took over the dead one's metrics slot: no request is forgotten.
         metrics = requests.get(server.url + "/metrics", timeout=5).text
-        assert 'digitdraw_requests_total{route="/predict",status="200"} 7' in metrics
+        version = latest_version(store)
+        assert f'digitdraw_requests_total{{route="/predict",status="200",model_version="{version}"}} 7' in metrics
     assert any(e["message"].startswith("Respawning worker") for e in server.logs())
 
 

@@ -7,20 +7,24 @@ entry: ``{"version", "seq", "previous", "action", "by", "reason", "at"}``, and a
 an immutable copy goes to ``history/<seq>.json`` (create-only). A GCS object cannot be
 appended to, so the history is one object per move on both backends; numbering them by
 ``seq``, which only the winner of the swap can take, makes them safe under concurrent
-writers. If a mover dies between its swap and its copy, LATEST still holds the entry, and
-the next move (or ``history``) writes the missing copy first.
+writers. If a mover dies between its swap and its copy, LATEST still holds the entry
+(``history`` lists it from there), and the next move writes the missing copy first.
 
 The CLI (``python -m training.registry --help``) lists, shows, promotes, rolls back and
-prunes versions over a directory, a PVC mount or ``gs://bucket/prefix``.
+prunes versions over a directory, a PVC mount or ``gs://bucket/prefix``, through the store
+client only.
 """
+import argparse
 import datetime
 import getpass
 import json
 import os
 import socket
+import sys
 
 from service import contract
-from service.store import AlreadyExists, StoreError, StoreNotFound
+from service.store import (AlreadyExists, PointerConflict, StoreError, StoreNotFound, StoreUnreachable, load_verified,
+                           open_store)
 
 
 def actor():
@@ -99,3 +103,349 @@ class RegistryError(StoreError):
     def __init__(self, message, exit_code):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+# The CLI's exit codes, one per kind of failure (listed in --help).
+EXIT_OK = 0
+EXIT_INVALID = 1  # the store holds something unusable, e.g. a models/LATEST that is not a pointer
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_UNREACHABLE = 4
+EXIT_CONFLICT = 5
+EXIT_UNVERIFIED = 6
+EXIT_NO_PREVIOUS = 7
+
+DEFAULT_STORE = "model-store"  # the service's MODEL_URI default, so both see the same local store
+RECENT = 3  # prune keeps the last RECENT distinct versions LATEST named: somewhere to roll back to
+
+DESCRIPTION = """The model registry of a model store: list its versions, show one, promote one to
+LATEST, roll LATEST back, list every move of LATEST, and prune old versions.
+
+The store is a directory, a PVC mount or gs://bucket/prefix (--store, else env MODEL_URI,
+else ./model-store). Every move of LATEST is a compare-and-swap recorded in the store's
+history, with who moved it (env DIGITDRAW_ACTOR, else user@host) and why."""
+
+EPILOG = f"""exit codes:
+  {EXIT_OK}  ok
+  {EXIT_INVALID}  the store holds something unusable (models/LATEST is not a valid pointer)
+  {EXIT_USAGE}  usage: a bad command, flag or store URI
+  {EXIT_NOT_FOUND}  the version is not in the store
+  {EXIT_UNREACHABLE}  the store cannot be reached (network, credentials, missing bucket or mount)
+  {EXIT_CONFLICT}  another writer moved LATEST first; run history and try again
+  {EXIT_UNVERIFIED}  the version does not verify (model.json unreadable or model.onnx's sha256 differs)
+  {EXIT_NO_PREVIOUS}  rollback: LATEST names no previous version to go back to"""
+
+PRUNE_HELP = f"""Delete old versions, keeping the N newest, the one LATEST names and the one it
+would roll back to, the last {RECENT} distinct versions LATEST named in the history, and every
+--protect. Pass --protect for each version a running service is pinned to (infra/rollout.sh
+knows the canary's). Everything is read before anything is deleted, and LATEST is read again
+before each deletion: if it moved, prune stops (exit {EXIT_CONFLICT})."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"error: {message}\n")
+
+
+def _version_of(pointer):
+    return pointer["version"] if pointer else None
+
+
+def _read_meta(store, version):
+    """(model.json as a dict, None), or (None, why it is broken)."""
+    try:
+        meta = json.loads(store.read(contract.model_key(version, contract.META_FILE)))
+    except StoreNotFound:
+        return None, "no model.json"
+    except ValueError:
+        return None, "model.json is not valid JSON"
+    if not isinstance(meta, dict):
+        return None, "model.json is not a JSON object"
+    return meta, None
+
+
+def _row(version, latest, meta, broken):
+    """One version as ``list`` shows it, from its model.json (``meta``) or why that is ``broken``."""
+    meta = meta or {}
+    metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+    quantization = meta.get("quantization") if isinstance(meta.get("quantization"), dict) else {}
+    return {"version": version, "latest": latest, "created_at": meta.get("created_at"),
+            "val_accuracy": metrics.get("val_accuracy"), "real_accuracy": metrics.get("real_accuracy"),
+            "size_bytes": meta.get("size_bytes"),
+            "quantization": None if broken else "int8" if quantization.get("scheme") == "int8" else "float",
+            "broken": broken}
+
+
+def _percent(value):
+    return f"{value:.2%}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def _size(n):
+    return f"{n / 1024:,.1f} KiB" if isinstance(n, int) and not isinstance(n, bool) else "-"
+
+
+def _table(rows):
+    """``rows`` (the first one the header, if any) as aligned columns."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(c) for c in column) for column in zip(*cells)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _require(store, version):
+    if version not in store.list_versions():
+        raise RegistryError(f"version {version} is not in {store.uri}; run `python -m training.registry "
+                            f"--store {store.uri} list` to see its versions", EXIT_NOT_FOUND)
+
+
+def _problem(store, version):
+    """Why ``version`` does not verify (the service would refuse it), or None if it does."""
+    try:
+        load_verified(store, version)
+    except StoreUnreachable:
+        raise
+    except StoreError as e:
+        return str(e)
+    return None
+
+
+def _verified(store, version, doing):
+    _require(store, version)
+    problem = _problem(store, version)
+    if problem:
+        raise RegistryError(f"not {doing} {version} in {store.uri}: it does not verify: {problem}; "
+                            "pick another version or publish the model again", EXIT_UNVERIFIED)
+
+
+def _move(store, version, pointer, token, action, reason):
+    entry = move_latest(store, version, pointer, token, action, actor(), reason)
+    print(f"{store.uri}: LATEST {entry['previous'] or '(none)'} -> {version} "
+          f"({action} #{entry['seq']} by {entry['by']}{': ' + reason if reason else ''})")
+    return EXIT_OK
+
+
+def cmd_list(store, args):
+    pointer, _ = store.read_latest()
+    current = _version_of(pointer)
+    names = store.list_versions()
+    rows = [_row(v, v == current, *_read_meta(store, v)) for v in reversed(names)]
+    if current and current not in names:
+        print(f"warning: {store.uri}: LATEST names {current}, which is not in the store; promote a listed version",
+              file=sys.stderr)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"{store.uri}: no versions")
+    else:
+        print(_table([["", "VERSION", "CREATED", "VAL ACC", "REAL ACC", "SIZE", "MODEL"]]
+                     + [["*" if r["latest"] else "", r["version"], r["created_at"] or "-", _percent(r["val_accuracy"]),
+                       _percent(r["real_accuracy"]), _size(r["size_bytes"]),
+                       f"BROKEN: {r['broken']}" if r["broken"] else r["quantization"]] for r in rows]))
+        print("* = LATEST")
+    return EXIT_OK
+
+
+def cmd_show(store, args):
+    pointer, _ = store.read_latest()
+    version = args.version
+    _require(store, version)
+    meta, broken = _read_meta(store, version)
+    problem = _problem(store, version)
+    row = _row(version, version == _version_of(pointer), meta, broken)
+    info = meta or {}
+    lines = [("version", version + ("  (LATEST)" if row["latest"] else "")),
+             ("created", row["created_at"] or "-"),
+             ("run", info.get("run_name") or "-"),
+             ("code", info.get("code_revision") or "-"),
+             ("data", info.get("data_source") or "-"),
+             ("accuracy", f"validation {_percent(row['val_accuracy'])}, "
+                          f"real drawings {_percent(row['real_accuracy'])}"),
+             ("model", f"{row['quantization'] or '-'}, {_size(row['size_bytes'])}"),
+             ("verified", f"NO: {problem}" if problem else f"yes (model.onnx has sha256 {info['sha256'][:12]}...)")]
+    if "evaluation" in info:
+        lines.append(("evaluation", json.dumps(info["evaluation"], sort_keys=True)))
+    print(_table(lines))
+    print(f"model.json:\n{json.dumps(meta, indent=2, sort_keys=True)}" if meta else f"model.json: {broken}")
+    return EXIT_UNVERIFIED if problem else EXIT_OK
+
+
+def cmd_promote(store, args):
+    pointer, token = store.read_latest()  # the token the swap must still match
+    _verified(store, args.version, "promoting")
+    if _version_of(pointer) == args.version:
+        print(f"{store.uri}: {args.version} is already LATEST; nothing changed")
+        return EXIT_OK
+    return _move(store, args.version, pointer, token, "promote", args.reason)
+
+
+def cmd_rollback(store, args):
+    pointer, token = store.read_latest()
+    previous = pointer.get("previous") if pointer else None
+    if not isinstance(previous, str) or not previous:
+        why = "it has no LATEST" if not pointer else f"LATEST ({pointer['version']}) names no previous version"
+        raise RegistryError(f"nothing to roll back to in {store.uri}: {why}; promote a version by name instead",
+                            EXIT_NO_PREVIOUS)
+    _verified(store, previous, "rolling back to")
+    return _move(store, previous, pointer, token, "rollback", args.reason)
+
+
+def cmd_history(store, args):
+    entries = history(store)
+    if args.json:
+        print(json.dumps(entries, indent=2, sort_keys=True))
+    elif not entries:
+        print(f"{store.uri}: no moves of LATEST recorded")
+    else:
+        print(_table([["SEQ", "AT", "ACTION", "FROM", "TO", "BY", "REASON"]]
+                     + [[e["seq"], e.get("at") or "-", e.get("action") or "-", e.get("previous") or "-",
+                       e.get("version") or "-", e.get("by") or "-", e.get("reason") or "-"] for e in entries]))
+    return EXIT_OK
+
+
+def _kept(names, pointer, entries, keep, protect):
+    """The versions of ``names`` (oldest first) that prune keeps, each with why."""
+    present, reasons = set(names), {}
+
+    def mark(version, why):
+        if version in present:
+            reasons.setdefault(version, []).append(why)
+
+    if pointer:
+        mark(pointer["version"], "LATEST")
+        mark(pointer.get("previous"), "rollback target")
+    recent = []
+    for entry in reversed(entries):
+        if len(recent) == RECENT:
+            break
+        if entry.get("version") not in recent:
+            recent.append(entry.get("version"))
+            mark(entry.get("version"), "recent LATEST")
+    for version in names[max(len(names) - keep, 0):]:
+        mark(version, f"newest {keep}")
+    for version in protect:
+        mark(version, "protected")
+    return reasons
+
+
+def cmd_prune(store, args):
+    # Everything is read before anything is deleted: a store that fails midway deletes nothing.
+    pointer, _ = store.read_latest()
+    names = store.list_versions()
+    entries = history(store)
+    unknown = [v for v in args.protect if v not in names]
+    if unknown:
+        raise RegistryError(f"--protect {', '.join(unknown)}: not in {store.uri}; check the version name "
+                            "(infra/rollout.sh prints the ones the service is pinned to); nothing was deleted",
+                            EXIT_NOT_FOUND)
+    keep = _kept(names, pointer, entries, args.keep, args.protect)
+    doomed = [v for v in names if v not in keep]
+    for version in reversed(names):
+        if version in keep:
+            print(f"keep    {version}  ({', '.join(keep[version])})")
+    if args.dry_run:
+        for version in doomed:
+            print(f"would delete {version}")
+        print(f"{store.uri}: dry run: would delete {len(doomed)} of {len(names)} version(s); nothing was deleted")
+        return EXIT_OK
+    for done, version in enumerate(doomed):
+        if store.read_latest()[0] != pointer:
+            raise RegistryError(f"{store.uri}: another writer moved LATEST while pruning; stopped after deleting "
+                                f"{done} of {len(doomed)} version(s); run history and try again", EXIT_CONFLICT)
+        try:
+            store.delete(f"{contract.MODELS}/{version}")
+        except StoreUnreachable as e:
+            raise StoreUnreachable(f"{e}; stopped after deleting {done} of {len(doomed)} version(s), and {version} "
+                                   "may be partly deleted (list shows it broken); run prune again") from e
+        print(f"deleted {version}")
+    print(f"{store.uri}: deleted {len(doomed)} of {len(names)} version(s)")
+    return EXIT_OK
+
+
+def _reason(text):
+    if not text.strip():
+        raise argparse.ArgumentTypeError("say why, e.g. --reason \"v12 misreads 7s on the canary\"")
+    return text.strip()
+
+
+def _count(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return n
+
+
+def parser():
+    store_help = ("the model store: a directory, a PVC mount or gs://bucket/prefix "
+                  f"(env MODEL_URI; default {DEFAULT_STORE})")
+    after = _Parser(add_help=False)  # --store also after the command; the top-level default stands
+    after.add_argument("--store", default=argparse.SUPPRESS, help=store_help)
+    top = _Parser(prog="python -m training.registry", description=DESCRIPTION, epilog=EPILOG,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    top.add_argument("--store", default=os.environ.get("MODEL_URI", "").strip() or DEFAULT_STORE, help=store_help)
+    commands = top.add_subparsers(dest="name", required=True, metavar="COMMAND")
+
+    def command(name, fn, text, description=None):
+        sub = commands.add_parser(name, parents=[after], help=text, description=description or text, epilog=EPILOG,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.set_defaults(run=fn)
+        return sub
+
+    sub = command("list", cmd_list, "every version, newest first: created, validation and real-drawings accuracy, "
+                  "size, float or int8, * on the one LATEST names; a version whose model.json is missing or "
+                  "unreadable is listed as BROKEN")
+    sub.add_argument("--json", action="store_true", help="the same rows as a JSON list")
+    sub = command("show", cmd_show, "a version's model.json, where it came from (run, code revision, data) and "
+                  f"whether it verifies (sha256 of model.onnx); exit {EXIT_UNVERIFIED} if it does not")
+    sub.add_argument("version", metavar="VERSION")
+    sub = command("promote", cmd_promote, "verify VERSION and point LATEST at it; promoting the version LATEST "
+                  "already names changes nothing")
+    sub.add_argument("version", metavar="VERSION")
+    sub.add_argument("--reason", type=_reason, required=True, help="why, for the history (required)")
+    sub = command("rollback", cmd_rollback, "point LATEST back at the version it replaced (the pointer's "
+                  "previous), after verifying it")
+    sub.add_argument("--reason", type=_reason, help="why, for the history")
+    sub = command("history", cmd_history, "every move of LATEST, oldest first: seq, time, action, from, to, by, "
+                  "reason")
+    sub.add_argument("--json", action="store_true", help="the entries as a JSON list")
+    sub = command("prune", cmd_prune, "delete old versions (--dry-run to see which)", PRUNE_HELP)
+    sub.add_argument("--keep", type=_count, required=True, metavar="N", help="how many of the newest versions to keep")
+    sub.add_argument("--protect", action="extend", nargs="+", default=[], metavar="VERSION",
+                     help="never delete VERSION (one a running service is pinned to); repeatable")
+    sub.add_argument("--dry-run", action="store_true", help="print what would be deleted and delete nothing")
+    return top
+
+
+def _fail(message, code):
+    print("error: " + " ".join(str(message).split()), file=sys.stderr)
+    return code
+
+
+def main(argv=None):
+    """Run the CLI; returns the exit code (EXIT_*)."""
+    args = parser().parse_args(argv)
+    try:
+        store = open_store(args.store)
+    except ValueError as e:
+        return _fail(f"{e} (--store or env MODEL_URI)", EXIT_USAGE)
+
+    def named(e):
+        return str(e) if store.uri in str(e) else f"{store.uri}: {e}"
+
+    try:
+        return args.run(store, args)
+    except RegistryError as e:
+        return _fail(named(e), e.exit_code)
+    except StoreUnreachable as e:
+        return _fail(f"{named(e)}; check the store URI (--store or env MODEL_URI), the network and the credentials",
+                     EXIT_UNREACHABLE)
+    except PointerConflict:
+        return _fail(f"{store.uri}: another writer moved LATEST; run history and try again", EXIT_CONFLICT)
+    except StoreError as e:
+        return _fail(named(e), EXIT_INVALID)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
