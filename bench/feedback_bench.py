@@ -106,9 +106,9 @@ def send_corrections(url, corrections, pngs):
         status, answer = send_correction(url, d, png, r)
         outcome = answer.get("status")
         if (status, outcome) not in ((201, "stored"), (200, "duplicate")):
+            missing = "; this service has no POST /feedback yet" if status in (404, 405) else ""
             sys.exit(f"error: POST {url}/feedback answered {status} {json.dumps(answer)[:300]} for correction {i} "
-                     f"({d['item']} by {d['writer']}); expected 201 stored or 200 duplicate"
-                     + ("; this service has no POST /feedback (FEEDBACK_URI support) yet" if status in (404, 405) else ""))
+                     f"({d['item']} by {d['writer']}); expected 201 stored or 200 duplicate{missing}")
         counts[outcome] += 1
         if i % 100 == 0 or i == len(corrections):
             print(f"  feedback: {i}/{len(corrections)} sent ({counts['stored']} stored, "
