@@ -11,11 +11,16 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 from training.trainer import RECIPE, use_local_ray_env
 
 use_local_ray_env()  # before Ray is imported: it reads them then
 
 from training.data import DATA_DIR_HELP, DATA_ERRORS, MIRRORS_HELP, SOURCE_HELP, load_mnist  # noqa: E402
+from training.feedback import HOLDOUT_SHARE  # noqa: E402
+from service.contract import SIDE  # noqa: E402
+from service.store import StoreError, open_store  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,10 +60,19 @@ FLAGS = [
     ("--publish", "PUBLISH_URIS", "model-store", str,
      "comma-separated model stores (dirs or gs://bucket/prefix) to publish the ONNX model to; none to skip "
      "export and publish"),
+    ("--feedback", "FEEDBACK_URI", "none", str,
+     "feedback store (dir or gs://bucket/prefix) whose accepted corrections join the training data; "
+     f"{int(HOLDOUT_SHARE * 100)}%% of their writers are held out as the real-drawings validation set; none to skip"),
+    ("--feedback-weight", "FEEDBACK_WEIGHT", 8, int,
+     "times each correction is seen per epoch (MNIST digits once); docs/training.md says how it was chosen"),
+    ("--init-from", "INIT_FROM", "none", str,
+     "warm start: latest (the checkpoint published beside LATEST's model in the first --publish store), "
+     "none (fresh weights), or the URI of a checkpoint file or directory"),
     ("--max-train-samples", "MAX_TRAIN_SAMPLES", None, _optional_int,
      "use only the first N training digits (quick runs); default all"),
     ("--promotion-margin", "PROMOTION_MARGIN", 0.002, float,
-     "do not move LATEST if validation accuracy is more than this below LATEST's"),
+     "do not move LATEST unless the new model is within this of LATEST's model on MNIST validation (and at "
+     "least as good on real drawings), both scored in this run"),
     ("--force-promote", "FORCE_PROMOTE", False, _bool, "move LATEST regardless of the promotion gate"),
     ("--quantize", "QUANTIZE", "int8", str,
      "int8: publish ONNX Runtime's int8 version of the model if it matches the float one on the validation "
@@ -103,9 +117,11 @@ def main(argv=None):
         sys.exit(f"error: --quantize {args.quantize!r}: use int8 or none")
     log = print
     run_name = args.run_name or f"digitdraw-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    mirror = None if args.checkpoint_mirror.lower() in ("", "none") else args.checkpoint_mirror
-    stores = [] if args.publish.lower() in ("", "none") else [s.strip() for s in args.publish.split(",") if s.strip()]
+    mirror = _none(args.checkpoint_mirror)
+    stores = [s.strip() for s in (_none(args.publish) or "").split(",") if s.strip()]
+    os.environ.setdefault("DIGITDRAW_ACTOR", f"training run {run_name}")  # who moves LATEST, in its history
 
+    # ---- data: MNIST, and the corrections people sent --------------------------------------
     try:
         data = load_mnist(args.data, args.data_dir, args.mirrors or None, log=log)
     except DATA_ERRORS as e:
@@ -114,11 +130,21 @@ def main(argv=None):
     if args.max_train_samples:
         train_x, train_y = train_x[:args.max_train_samples], train_y[:args.max_train_samples]
     log(f"data: {data.source}; training on {len(train_y):,} digits, validating on {len(data.val_y):,}")
+    real_x, real_y, feedback_info = corrections(args, log)
+    if feedback_info:
+        train_x = np.concatenate([train_x, *[feedback_info.pop("train_x")] * args.feedback_weight])
+        train_y = np.concatenate([train_y, *[feedback_info.pop("train_y")] * args.feedback_weight])
 
+    from training import checkpoints
+    try:
+        init = checkpoints.warm_start(args.init_from, stores)
+    except (ValueError, StoreError) as e:
+        sys.exit(f"error: {e}")
+
+    # ---- training on Ray ------------------------------------------------------------------
     import ray
     import torch
 
-    from training import checkpoints
     from training.evaluate import confusion_matrix, evaluate
     from training.model import build_model
     from training.report import write_report
@@ -127,45 +153,57 @@ def main(argv=None):
     ray_start_s = start_ray(args.num_workers, log)
     recipe = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
               "precision": args.precision}
+    if init:
+        recipe["width"] = init[1]["width"]
+        log(f"warm start: from {init[2]}")
     log(f"train: run {run_name} -> {args.storage_path.rstrip('/')}/{run_name}"
         + (f" (mirror {mirror.rstrip('/')}/{run_name})" if mirror else "")
         + f"; {args.num_workers} worker(s), {'GPU' if args.use_gpu else 'CPU'}, {args.epochs} epochs")
-    result = run_training(recipe, {"train_x": train_x, "train_y": train_y, "val_x": data.val_x, "val_y": data.val_y},
-                          num_workers=args.num_workers, use_gpu=args.use_gpu, storage_path=args.storage_path,
-                          run_name=run_name, checkpoint_mirror=mirror, max_failures=args.max_failures,
-                          keep_checkpoints=args.keep_checkpoints, t0=t0)
+    arrays = {"train_x": train_x, "train_y": train_y, "val_x": data.val_x, "val_y": data.val_y,
+              "real_x": real_x, "real_y": real_y, "init_model": init[0] if init else None}
+    result = run_training(recipe, arrays, num_workers=args.num_workers, use_gpu=args.use_gpu,
+                          storage_path=args.storage_path, run_name=run_name, checkpoint_mirror=mirror,
+                          max_failures=args.max_failures, keep_checkpoints=args.keep_checkpoints, t0=t0)
     train_s = time.time() - t0
     if result.error:
         sys.exit(f"error: training run {run_name} failed: {result.error}")
 
+    # ---- the result: evaluate and report the final checkpoint -------------------------------
     # The final checkpoint is what we evaluate, report and export: the one-cycle schedule
     # ends with the learning rate near zero, so the last epoch's weights are its result.
     # Picking the "best" epoch by 1,000 validation digits picks noise (one digit is 0.1%):
     # measured on the official MNIST test set, the best-by-validation epoch 17 of a default
     # run scored 99.04% and its last epoch 99.26%.
-    state = checkpoints.load(result.checkpoint)
+    with result.checkpoint.as_directory() as d, open(os.path.join(d, checkpoints.CHECKPOINT_FILE), "rb") as f:
+        checkpoint_bytes = f.read()
+    state = checkpoints.load_bytes(checkpoint_bytes)
     model = build_model(state["model_config"]["width"])
     model.load_state_dict(state["model"])
     model.eval()
-    correct, _, preds = evaluate(model, data.val_x, data.val_y, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    correct, _, preds = evaluate(model, data.val_x, data.val_y, cpu)
     val_acc = correct / len(data.val_y)
     metrics = {"val_accuracy": val_acc, "val_correct": correct, "val_count": int(len(data.val_y)),
                "epoch": state["epoch"]}
     if data.test_x is not None:
-        test_correct, _, _ = evaluate(model, data.test_x, data.test_y, torch.device("cpu"))
-        metrics["test_accuracy"] = test_correct / len(data.test_y)
+        metrics["test_accuracy"] = evaluate(model, data.test_x, data.test_y, cpu)[0] / len(data.test_y)
+    real_confusion = None
+    if len(real_y):
+        real_correct, _, real_preds = evaluate(model, real_x, real_y, cpu)
+        metrics.update(real_accuracy=real_correct / len(real_y), real_count=int(len(real_y)))
+        real_confusion = confusion_matrix(real_y, real_preds)
     history = state["history"]
-    run_uri = f"{args.storage_path.rstrip('/')}/{run_name}"
-    last = result.metrics or history[-1]
     summary = {**metrics, "val_acc": val_acc, "run_name": run_name, "epochs": args.epochs,
                "train_wall_s": train_s, "ray_start_s": ray_start_s,
                "images_per_s": sum(m["images_per_s"] for m in history) / len(history),
-               "last_epoch": last["epoch"]}
-    report_uri = write_report(run_uri, history, summary, confusion_matrix(data.val_y, preds))
-
+               "last_epoch": (result.metrics or history[-1])["epoch"], "feedback": feedback_info or None,
+               "warm_start": init[2] if init else None}
+    report_uri = write_report(f"{args.storage_path.rstrip('/')}/{run_name}", history, summary,
+                              confusion_matrix(data.val_y, preds), real_confusion)
     log(f"summary: run {run_name}: epoch {state['epoch']}/{args.epochs}, val accuracy {val_acc:.4f} "
-        f"({correct}/{len(data.val_y)})" + (f", test accuracy {metrics['test_accuracy']:.4f}"
-                                          if "test_accuracy" in metrics else "")
+        f"({correct}/{len(data.val_y)})"
+        + (f", real drawings {metrics['real_accuracy']:.4f} of {len(real_y)}" if len(real_y) else "")
+        + (f", test accuracy {metrics['test_accuracy']:.4f}" if "test_accuracy" in metrics else "")
         + f", {summary['images_per_s']:.0f} img/s, wall {train_s:.1f}s (Ray start {ray_start_s:.1f}s); "
           f"report in {report_uri}")
     ray.shutdown()
@@ -173,29 +211,70 @@ def main(argv=None):
     if not stores:
         log("publish: skipped (--publish none)")
         return 0
+
+    # ---- export, quantize, and publish if it beats the champion ---------------------------
+    from service.contract import model_input
+    from training.champion import Gate, scores
     from training.export import check_parity, export_onnx
     from training.publish import publish
-    from service.contract import model_input
 
     onnx_bytes = export_onnx(model)
-    batch = torch.from_numpy(model_input(data.val_x[:256]))
-    diff = check_parity(model, onnx_bytes, batch)
+    diff = check_parity(model, onnx_bytes, torch.from_numpy(model_input(data.val_x[:256])))
     log(f"export: {len(onnx_bytes):,} bytes of ONNX; ONNX Runtime matches torch within {diff:.1e}")
     quantization = {"scheme": "none"}
     if args.quantize == "int8":
         onnx_bytes, metrics, quantization = quantize(onnx_bytes, data, train_x, metrics, log)
+    sets = {"mnist_val": (data.val_x, data.val_y), "real": (real_x, real_y)}
+    own = scores(onnx_bytes, sets)
+    if "real" in own:
+        metrics["real_accuracy"] = own["real"]
+    gate = Gate(own, sets, args.promotion_margin, log)
+    try:
+        pointer, _ = open_store(stores[0]).read_latest()
+        gate(open_store(stores[0]), pointer["version"] if pointer else None)  # the comparison model.json keeps
+    except StoreError as e:
+        sys.exit(f"error: cannot read the champion from {stores[0]}: {e}")
     meta = {"metrics": metrics, "quantization": quantization, "data_source": data.source,
-            "code_revision": code_revision(), "run_name": run_name,
-            "config": {**{k: v for k, v in vars(args).items()}, "model": state["model_config"],
-                       # The recipe this run used: the defaults with the flags applied.
-                       "recipe": {**RECIPE, **recipe},
+            "code_revision": code_revision(), "run_name": run_name, "evaluation": gate.last,
+            "feedback": feedback_info or None, "warm_start": init[2] if init else None,
+            "config": {**vars(args), "model": state["model_config"],
+                       "recipe": {**RECIPE, **recipe},  # the recipe this run used: the defaults with the flags applied
                        "train_samples": int(len(train_y))}}
-    result = publish(onnx_bytes, json.loads(json.dumps(meta, default=str)), stores, margin=args.promotion_margin,
-                     force=args.force_promote, log=log)
+    try:
+        result = publish(onnx_bytes, json.loads(json.dumps(meta, default=str)), stores,
+                         margin=args.promotion_margin, force=args.force_promote, log=log, gate=gate,
+                         checkpoint=checkpoint_bytes)
+    except StoreError as e:
+        sys.exit(f"error: {e}")
     for uri, r in result["stores"].items():
         log(f"publish: {uri}: version {result['version']} {'promoted to LATEST' if r['promoted'] else 'NOT promoted'}"
             f" ({r['reason']})")
     return 0
+
+
+def _none(text):
+    return None if text.strip().lower() in ("", "none") else text.strip()
+
+
+def corrections(args, log):
+    """(real-drawings images, labels, what was used) from --feedback: the held-out writers'
+    corrections, and the training ones under "train_x"/"train_y"; empty without feedback."""
+    empty = np.zeros((0, SIDE, SIDE), np.uint8), np.zeros(0, np.uint8), {}
+    uri = _none(args.feedback)
+    if uri is None:
+        return empty
+    from training import feedback
+
+    try:
+        found = feedback.load(uri, log)
+    except StoreError as e:
+        sys.exit(f"error: cannot read the corrections in {uri}: {e}; check FEEDBACK_URI, or pass --feedback none")
+    train, real = feedback.split(found)
+    log(f"feedback: training on {len(train):,} corrections (each seen {args.feedback_weight} times an epoch), "
+        f"validating on {len(real):,} from {len(set(real.writers)):,} other writers")
+    info = {"uri": uri, "used": len(train), "held_out": len(real), "skipped": len(found.skipped),
+            "weight": args.feedback_weight, "train_x": train.x, "train_y": train.y}
+    return real.x, real.y, info
 
 
 def quantize(onnx_bytes, data, train_x, metrics, log):

@@ -29,7 +29,8 @@ from urllib.parse import urlparse
 
 import torch
 
-from service.store import StoreError, open_store
+from service import contract
+from service.store import StoreError, StoreNotFound, open_store
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"
@@ -123,3 +124,49 @@ def newest(candidates):
     states = [s for s in candidates if s is not None]
     return max(states, key=lambda s: s["epoch"]) if states else None
 
+
+
+def warm_start(init_from, stores):
+    """(model state, model config, where) to start a run from, or None for ``none``.
+
+    ``latest`` is the checkpoint published beside the model LATEST names in the first of
+    ``stores``; anything else is the URI of a checkpoint file or directory (a directory,
+    PVC path or gs://). ValueError says what is missing and which flag to use instead.
+    """
+    if init_from in ("", "none"):
+        return None
+    if init_from == "latest":
+        if not stores:
+            raise ValueError("--init-from latest starts from the model LATEST names in the first --publish store, "
+                             "and there is none; pass --publish, or --init-from none")
+        store = open_store(stores[0])
+        pointer, _ = store.read_latest()
+        if pointer is None:
+            raise ValueError(f"--init-from latest: {store.uri} has no LATEST model yet; train the first one with "
+                             "--init-from none")
+        version = pointer["version"]
+        key = contract.model_key(version, CHECKPOINT_FILE)
+        try:
+            data = store.read(key)
+        except StoreNotFound:
+            raise ValueError(f"--init-from latest: {version} in {store.uri} was published without its training "
+                             f"checkpoint ({key}); use --init-from none, or --init-from <URI of a run's "
+                             f"{PREFIX}NNN/{CHECKPOINT_FILE}>") from None
+        where = f"{store.uri}/{key}"
+    else:
+        path = init_from.rstrip("/")
+        if not path.endswith(CHECKPOINT_FILE):
+            path = f"{path}/{CHECKPOINT_FILE}"
+        parent, name = path.rsplit("/", 1)
+        try:
+            data = open_store(parent).read(name)
+        except StoreNotFound:
+            raise ValueError(f"--init-from {init_from}: no checkpoint at {path}; pass a checkpoint file or "
+                             f"directory, latest, or none") from None
+        where = path
+    try:
+        state = load_bytes(data)
+        return state["model"], state["model_config"], where
+    except Exception as e:
+        raise ValueError(f"--init-from {init_from}: {where} is not a training checkpoint "
+                         f"({type(e).__name__}: {e})") from None

@@ -73,8 +73,9 @@ def run_training(recipe, data, num_workers=2, use_gpu=False, storage_path="runs"
                  checkpoint_mirror=None, max_failures=2, keep_checkpoints=3, t0=None, loop=None):
     """Train with Ray Train (ray.init must have been called); return the ray.train.Result.
 
-    ``data`` holds numpy train_x/train_y/val_x/val_y (uint8 digits and labels); ``recipe``
-    overrides RECIPE. Checkpoints go to ``<storage_path>/<run_name>`` and, if given, to
+    ``data`` holds numpy train_x/train_y/val_x/val_y (uint8 digits and labels), optionally
+    real_x/real_y (the real-drawings holdout, scored every epoch) and init_model (a state
+    dict to start from when the run has no checkpoint of its own); ``recipe`` overrides RECIPE. Checkpoints go to ``<storage_path>/<run_name>`` and, if given, to
     ``<checkpoint_mirror>/<run_name>``. ``loop`` is the per-worker function (default
     training/worker.py's), called with the recipe and the run's settings.
     """
@@ -87,7 +88,7 @@ def run_training(recipe, data, num_workers=2, use_gpu=False, storage_path="runs"
 
     storage_filesystem, path = checkpoints.ray_storage(storage_path)
     config = {**RECIPE, **recipe,
-              "data_ref": ray.put({k: data[k] for k in ("train_x", "train_y", "val_x", "val_y")}),
+              "data_ref": ray.put(data),
               # Workers read the run directory too; a local path must not depend on their cwd.
               "storage_path": storage_path if storage_path.startswith("gs://") else path,
               "run_name": run_name, "checkpoint_mirror": checkpoint_mirror, "keep_checkpoints": keep_checkpoints,

@@ -126,8 +126,14 @@ def train_loop_per_worker(config):
             # Report it again so the run directory has it and Ray knows it (the best
             # checkpoint may be this one if no epoch is left).
             _report(state, config, rank)
+    elif data.get("init_model") is not None:
+        raw.load_state_dict(data["init_model"])  # a warm start: the weights only, a fresh schedule
+        if rank == 0:
+            print("warm start: initial weights loaded", flush=True)
 
     val_x, val_y = data["val_x"][rank::world], data["val_y"][rank::world]
+    real_y = data.get("real_y")
+    real_x, real_y = (data["real_x"][rank::world], real_y[rank::world]) if real_y is not None else (val_x[:0], val_y[:0])
     t_start = config["t0"]
     for epoch in range(start_epoch, epochs + 1):
         # Seeded per rank and epoch, so a resumed epoch sees the same augmentation.
@@ -154,8 +160,9 @@ def train_loop_per_worker(config):
 
         # Validation is sharded across ranks and summed, so every rank has the totals.
         correct, vloss, _ = evaluate(model, val_x, val_y, device)
-        totals = torch.tensor([correct, vloss, len(val_y), loss_sum.item(), batches], device=device,
-                              dtype=torch.float64)
+        real_correct = evaluate(model, real_x, real_y, device)[0] if len(real_y) else 0
+        totals = torch.tensor([correct, vloss, len(val_y), loss_sum.item(), batches, real_correct, len(real_y)],
+                              device=device, dtype=torch.float64)
         if world > 1:
             dist.all_reduce(totals)
         metrics = {
@@ -169,11 +176,14 @@ def train_loop_per_worker(config):
             "elapsed_s": time.time() - t_start,
             "lr": scheduler.get_last_lr()[0],
         }
+        if totals[6].item():
+            metrics["real_acc"] = totals[5].item() / totals[6].item()
         history = history + [metrics]
 
         if rank == 0:
-            print(f"epoch {epoch:3d}/{epochs}  loss {metrics['train_loss']:.4f}  val_acc {metrics['val_acc']:.4f}  "
-                  f"{metrics['images_per_s']:7.0f} img/s  elapsed {metrics['elapsed_s']:6.1f}s", flush=True)
+            real = f"  real_acc {metrics['real_acc']:.4f}" if "real_acc" in metrics else ""
+            print(f"epoch {epoch:3d}/{epochs}  loss {metrics['train_loss']:.4f}  val_acc {metrics['val_acc']:.4f}"
+                  f"{real}  {metrics['images_per_s']:7.0f} img/s  elapsed {metrics['elapsed_s']:6.1f}s", flush=True)
         state = {"model": raw.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "epoch": epoch, "metrics": metrics, "history": history, "model_config": {"width": config["width"]}}
         _report(state, config, rank)
