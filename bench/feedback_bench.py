@@ -46,7 +46,8 @@ from bench.page import render_canvases
 from bench.servers import service
 from bench.styles import (CORRECTION_ITEMS, EVAL_ITEMS, EVAL_SEED, TRAIN_SEED, drawings, read_drawings, sample,
                           summary, writers)
-from service.store import load_verified, open_store
+from service.contract import CHECKPOINT_FILE, model_key
+from service.store import StoreError, load_verified, open_store
 from training.data import DATA_ERRORS, TEST_IMAGES, TEST_LABELS, read_pair
 from training.evaluate import predict
 
@@ -70,6 +71,10 @@ def parse_args():
     ap.add_argument("--eval-writers", type=int, default=40, help="writers of the evaluation (default 40)")
     ap.add_argument("--eval-writings", type=int, default=2,
                     help="times each eval writer writes each style and digit (default 2)")
+    ap.add_argument("--init-from", default="latest",
+                    help="the retraining's warm start (python -m training --init-from): latest, the checkpoint "
+                         "published beside LATEST's model, or the URI of a checkpoint for a store published "
+                         "without one (default latest)")
     ap.add_argument("--mnist-test", default=None, help="directory with the official t10k IDX files")
     ap.add_argument("--out", default=None, help="result file (default bench/results/feedback-<UTC>.json)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (store copy, feedback, runs)")
@@ -117,10 +122,10 @@ def send_corrections(url, corrections, pngs):
     return {**counts, "sent": len(corrections), "wrong_before": wrong, "by_item": summary(records)}
 
 
-def retrain(store, feedback, runs, log_path):
+def retrain(store, feedback, runs, init_from, log_path):
     """Run the retraining CLI, echoing its output; returns (wall seconds, exit code, command,
     what it said of promoting the new version)."""
-    cmd = [sys.executable, "-m", "training", "--data", "bundled", "--feedback", feedback, "--init-from", "latest",
+    cmd = [sys.executable, "-m", "training", "--data", "bundled", "--feedback", feedback, "--init-from", init_from,
            "--publish", store, "--storage-path", runs, *RETRAIN_ARGS]
     print(f"retrain: {' '.join(cmd[1:])}", flush=True)
     started = time.monotonic()
@@ -219,9 +224,18 @@ def print_summary(result):
 def main():
     args = parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still stop the service and clean up
-    if not os.path.isfile(os.path.join(args.model_uri, "models", "LATEST")):
-        sys.exit(f"error: no models/LATEST in {args.model_uri}; pass --model-uri a model store directory "
-                 f"(train one with `make train`)")
+    source = open_store(args.model_uri)
+    try:
+        pointer, _ = source.read_latest()
+    except StoreError as e:
+        sys.exit(f"error: cannot read the model store to copy: {e}")
+    if pointer is None:
+        sys.exit(f"error: no LATEST in {source.uri}; pass --model-uri a model store directory (train one with "
+                 f"`make train`)")
+    if args.init_from == "latest" and not source.exists(model_key(pointer["version"], CHECKPOINT_FILE)):
+        sys.exit(f"error: {pointer['version']} in {source.uri} was published without its training checkpoint, so "
+                 f"the retraining cannot warm-start from it; pass --init-from <its run's checkpoint_epoch_NNN "
+                 f"directory>, or a store published with a checkpoint")
     mnist = load_mnist_sets(args.mnist_test)
     host = machine.describe()  # the speed gauge before the work, not after it
     tmp = tempfile.mkdtemp(prefix="feedback-bench-")
@@ -245,7 +259,7 @@ def main():
             flush=True)
         sent = send_corrections(server.url, corrections, correction_pngs)
 
-        wall_s, code, cmd, verdict = retrain(store, feedback, runs, os.path.join(tmp, "retrain.log"))
+        wall_s, code, cmd, verdict = retrain(store, feedback, runs, args.init_from, os.path.join(tmp, "retrain.log"))
         if code != 0:
             sys.exit(f"error: retraining exited with {code} after {wall_s} s (its output is above)")
         pointer, _ = open_store(store).read_latest()
@@ -268,7 +282,7 @@ def main():
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    result = {"machine": host, "source_store": os.path.abspath(args.model_uri),
+    result = {"machine": host, "source_store": source.uri, "init_from": args.init_from,
               "retrain_args": RETRAIN_ARGS, "targets": TARGETS, "corrections": sent, "retrain": retrained,
               "eval": {"writers": args.eval_writers, "writings": len(eval_drawings)},
               "before": before, "after": after}
