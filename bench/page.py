@@ -4,6 +4,7 @@
   (never ``playwright install``);
 - ``draw_mouse`` / ``draw_touch``: replay strokes (lists of (x, y) in pad fractions) on the pad;
 - ``wait_for_answer``: the page's answer once no request is in flight;
+- ``correct``: tell the page the digit it read is wrong and which it is ("Wrong?", then the digit);
 - ``replay_handwriting``: write digits on the page stroke by stroke and record what it reads;
 - ``render_canvases``: drawings rendered and encoded by the page's own pad.js and png.js,
   exactly as the page sends them.
@@ -38,6 +39,12 @@ def wait_for_answer(page, timeout=15000):
             return !busy && (digit !== '' || error !== '');
         }""", timeout=timeout)
     return page.get_by_test_id("prediction").text_content()
+
+
+def correct(page, digit):
+    """Click "Wrong?" under the answer and then ``digit``, which sends the correction at once."""
+    page.get_by_test_id("wrong").click()
+    page.get_by_test_id(f"correct-{digit}").click()
 
 
 def _to_page(box, x, y):

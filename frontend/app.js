@@ -4,10 +4,20 @@
 // starts no sooner than throttleMs after the last; on pointer-up, Predict, or Undo a request
 // starts at once and cancels the one in flight. Every request carries a sequence number and
 // only the newest one's answer is shown, so a late answer never overwrites a newer one.
+//
+// The page wakes the service as it opens (wake.js), learns from it whether it takes
+// corrections, and offers "Wrong?" under each answer (feedback.js, outbox.js).
 
 import { Api, ApiError } from './api.js';
 import { loadConfig } from './config.js';
+import { Feedback } from './feedback.js';
+import { Outbox } from './outbox.js';
 import { Pad } from './pad.js';
+import { wakeService } from './wake.js';
+
+// A prediction with no answer after this long, while the service has not yet said it is
+// ready, is most likely waiting for a cold start: say so rather than look broken.
+const WAKING_NOTICE_MS = 1500;
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -22,6 +32,7 @@ const ui = {
   bars: [...$('probabilities').children],
   preview: $('preview'),
   modelVersion: $('model-version'),
+  waking: $('waking'),
 };
 
 let config;
@@ -34,6 +45,16 @@ try {
 }
 
 const pad = new Pad(ui.pad, { widthFraction: config?.strokeWidth ?? 0.09, onStroke });
+const outbox = new Outbox((record) => api.feedback(record), { onDelivered: (key) => feedback.delivered(key) });
+const feedback = new Feedback({
+  root: $('feedback'),
+  offer: $('feedback-offer'),
+  wrong: $('wrong'),
+  right: $('right'),
+  choices: $('choices'),
+  status: $('feedback-status'),
+}, outbox);
+let service = { ready: false }; // wakeService's state
 
 let seq = 0;            // number of the newest request; answers to older ones are dropped
 let inflight = null;    // {seq, controller} of the request in flight
@@ -43,6 +64,7 @@ let liveWanted = false; // the drawing changed while a live request was in fligh
 let drawing = false;    // a stroke is being drawn
 
 function onStroke(phase) {
+  if (phase === 'start') feedback.drawingChanged();
   drawing = phase !== 'end';
   if (phase === 'end') predictNow();
   else predictLive();
@@ -99,12 +121,20 @@ async function send() {
   inflight = { seq: mine, controller };
   lastSentAt = performance.now();
   updateBusy();
+  // What this prediction reads is what a correction of its answer is about.
+  const strokes = pad.strokes.map((stroke) => stroke.slice());
+  const waking = setTimeout(() => {
+    if (inflight?.seq === mine && !service.ready) ui.waking.textContent = 'Waking up the server…';
+  }, WAKING_NOTICE_MS);
   try {
-    const answer = await api.predict(await pad.toDataURL(), controller.signal);
-    if (mine === seq) await showAnswer(answer, mine);
+    const image = await pad.toDataURL();
+    const answer = await api.predict(image, controller.signal);
+    if (mine === seq) await showAnswer(answer, mine, { image, strokes });
+    if (feedback.accepted) outbox.flush(); // the service answers again: send what waited for it
   } catch (err) {
     if (mine === seq && !controller.signal.aborted) showFailure(err);
   } finally {
+    clearTimeout(waking);
     if (inflight?.seq === mine) {
       inflight = null;
       if (liveWanted) {
@@ -116,14 +146,16 @@ async function send() {
   }
 }
 
-async function showAnswer(answer, mine) {
+async function showAnswer(answer, mine, drawn) {
   ui.error.textContent = '';
+  ui.waking.textContent = '';
   ui.prediction.textContent = String(answer.digit);
   ui.confidence.textContent = percent(answer.confidence);
   ui.confidence.dataset.value = String(answer.confidence);
   const best = answer.digit;
   ui.bars.forEach((bar, digit) => setBar(bar, answer.probabilities[digit], digit === best));
   if (answer.model_version) ui.modelVersion.textContent = answer.model_version;
+  feedback.offer({ ...drawn, predicted: answer.digit, modelVersion: answer.model_version });
   if (answer.preview) await drawPreview(answer.preview, mine);
 }
 
@@ -156,6 +188,8 @@ function showError(message) {
 }
 
 function resetAnswer() {
+  ui.waking.textContent = '';
+  feedback.withdraw();
   ui.prediction.textContent = '';
   ui.confidence.textContent = '';
   delete ui.confidence.dataset.value;
@@ -196,6 +230,7 @@ async function drawPreview(dataUrl, mine) {
 
 function clearAll() {
   drawing = false;
+  feedback.drawingChanged();
   cancelPending();
   pad.clear();
   resetAnswer();
@@ -204,29 +239,38 @@ function clearAll() {
 
 function undo() {
   if (!pad.undo()) return;
+  feedback.drawingChanged();
   drawing = false;
   if (pad.isEmpty) clearAll();
   else predictNow();
 }
 
-// Ask which model is serving; retry quietly while the server is waking up.
-async function loadModelVersion(delay = 1000) {
-  if (!api) return;
-  try {
-    const meta = await api.model();
-    if (ui.modelVersion.textContent === 'loading…' || ui.modelVersion.textContent === 'unknown') {
-      ui.modelVersion.textContent = meta.version ?? meta.model_version ?? 'unknown';
-    }
-  } catch {
-    ui.modelVersion.textContent = 'unknown';
-    setTimeout(() => loadModelVersion(Math.min(delay * 2, 30000)), delay);
+function showVersion(version) {
+  // A prediction's answer may have named the version already; a failed wake-up does not undo it.
+  if (ui.modelVersion.textContent === 'loading…' || ui.modelVersion.textContent === 'unknown') {
+    ui.modelVersion.textContent = version;
   }
+}
+
+function wake() {
+  if (!api) return;
+  service = wakeService(api, {
+    onReady(answer) {
+      showVersion(answer.model_version ?? 'unknown');
+      feedback.accept(answer.feedback === true);
+      if (feedback.accepted) outbox.flush(); // what a visit before this one could not send
+    },
+    onNotReady() {
+      showVersion('unknown');
+    },
+  });
 }
 
 ui.predict.addEventListener('click', predictNow);
 ui.clear.addEventListener('click', clearAll);
 ui.undo.addEventListener('click', undo);
 window.addEventListener('keydown', (e) => {
+  if (feedback.handleKey(e)) return;
   if ((e.ctrlKey || e.metaKey) && !e.altKey && !e.shiftKey && e.key.toLowerCase() === 'z') {
     e.preventDefault();
     undo();
@@ -238,4 +282,4 @@ window.addEventListener('keydown', (e) => {
 
 resetAnswer();
 updateBusy();
-loadModelVersion();
+wake();

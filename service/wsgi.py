@@ -42,7 +42,7 @@ class RequestLayer:
             extra.append(HSTS)  # only over HTTPS: a browser ignores it on http, and must
         origin = environ.get("HTTP_ORIGIN")
         if origin and (origin in self.cors or "*" in self.cors):
-            extra += [("Access-Control-Allow-Origin", origin), ("Access-Control-Expose-Headers", "X-Request-Id"),
+            extra += [("Access-Control-Allow-Origin", origin), ("Access-Control-Expose-Headers", "X-Request-Id, Retry-After"),
                       ("Vary", "Origin")]
             if environ["REQUEST_METHOD"] == "OPTIONS":
                 extra += [("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),

@@ -3,7 +3,10 @@
 Writing on the page and the handwriting it writes come from bench/page.py and
 bench/handwriting.py, which the benchmarks use too.
 """
+import json
+import os
 import tempfile
+import time
 
 from bench.page import FRONTEND_DIR
 from conftest import wait_http
@@ -32,6 +35,50 @@ class Service(ServiceProcess):
 
     def __enter__(self):
         return self.start()
+
+
+# --- the feedback store and the page's own storage -------------------------------------
+
+def feedback_records(store):
+    """The records of a directory feedback store (FEEDBACK_URI), by id."""
+    folder = os.path.join(store, "records")
+    records = {}
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        with open(os.path.join(folder, name)) as f:
+            record = json.load(f)
+        records[record["id"]] = record
+    return records
+
+
+def feedback_record(store, record_id, timeout=10):
+    """The record ``record_id`` of a directory feedback store, waiting for it to be written."""
+    path = os.path.join(store, "records", f"{record_id}.json")
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with open(path) as f:
+        return json.load(f)
+
+
+def is_feedback(response):
+    """Whether a Playwright response answers a POST /feedback."""
+    return response.url.endswith("/feedback") and response.request.method == "POST"
+
+
+def stored_json(page, key, default=None):
+    """The JSON value the page keeps in localStorage under ``key``."""
+    text = page.evaluate("(key) => localStorage.getItem(key)", key)
+    return default if text is None else json.loads(text)
+
+
+def client_id(page):
+    """The page's anonymous id for this browser."""
+    return stored_json(page, "digitdraw.clientId")
+
+
+def outbox(page):
+    """The corrections the page keeps until the service takes them: [{key, record}]."""
+    return stored_json(page, "digitdraw.feedback.outbox", [])
 
 
 

@@ -72,10 +72,10 @@ def data_url(data, mime="image/png"):
     return f"data:{mime};base64,{b64(data)}"
 
 
-def publish_copy(store_uri, new_version, corrupt=False):
-    """Publish the store's LATEST model again as ``new_version`` and move LATEST to it,
-    with the real store primitives. ``corrupt`` flips a byte of model.onnx after the
-    sha256 in model.json was computed, as a damaged upload would."""
+def publish_copy(store_uri, new_version, corrupt=False, move=True):
+    """Publish the store's LATEST model again as ``new_version`` and move LATEST to it
+    (unless not ``move``), with the real store primitives. ``corrupt`` flips a byte of
+    model.onnx after the sha256 in model.json was computed, as a damaged upload would."""
     store = model_store.open_store(store_uri)
     pointer, token = store.read_latest()
     onnx_bytes, meta = model_store.load_verified(store, pointer["version"])
@@ -84,7 +84,8 @@ def publish_copy(store_uri, new_version, corrupt=False):
         onnx_bytes = onnx_bytes[:-100] + bytes([onnx_bytes[-100] ^ 0xFF]) + onnx_bytes[-99:]
     store.create(f"models/{new_version}/model.onnx", onnx_bytes)
     store.create(f"models/{new_version}/model.json", json.dumps(meta).encode())
-    store.swap_latest({"version": new_version}, token)
+    if move:
+        store.swap_latest({"version": new_version}, token)
     return meta
 
 

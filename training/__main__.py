@@ -229,6 +229,9 @@ def main(argv=None):
     if "real" in own:
         metrics["real_accuracy"] = own["real"]
     gate = Gate(own, sets, args.promotion_margin, log)
+    for uri in stores:  # a local store directory is made on first publish
+        if "://" not in uri:
+            os.makedirs(uri, exist_ok=True)
     try:
         pointer, _ = open_store(stores[0]).read_latest()
         gate(open_store(stores[0]), pointer["version"] if pointer else None)  # the comparison model.json keeps
