@@ -6,8 +6,9 @@ retraining on them, and what the new model reads.
    FEEDBACK_RATE_LIMIT=0, MODEL_POLL_SECONDS=1);
 2. writes --corrections digits (bench/styles.py: the styles MNIST lacks, and the other
    digits written the usual way) by the train writers, renders them with the page's own
-   pad.js and png.js in Chromium, asks POST /predict what it reads and sends each as a
-   correction through POST /feedback, exactly as the page does;
+   pad.js and png.js in Chromium, asks POST /predict what it reads and sends each, right
+   or wrong, as the page sends a correction or a confirmation: POST /feedback with the
+   image, label, predicted digit, model version, client id (the writer) and strokes;
 3. retrains as ``make retrain`` does: ``python -m training --data bundled --feedback
    <tmp>/feedback --init-from latest --publish <store copy> --storage-path <tmp>/runs``
    plus RETRAIN_ARGS, timed from launch to exit (Ray's start-up included);
@@ -19,12 +20,14 @@ retraining on them, and what the new model reads.
 
     python -m bench.feedback_bench --model-uri model-store
     python -m bench.feedback_bench --model-uri model-store --mnist-test package/data
+    python -m bench.feedback_bench --init-from runs/<run>/checkpoint_epoch_008   # LATEST has no checkpoint.pt
 
 Writes bench/results/feedback-<UTC>.json (with the machine) and prints a summary against
 TARGETS. A candidate the gate refused is still scored, offline on the same inputs.
 """
 import argparse
 import base64
+import datetime
 import io
 import json
 import os
@@ -47,6 +50,7 @@ from bench.servers import service
 from bench.styles import (CORRECTION_ITEMS, EVAL_ITEMS, EVAL_SEED, TRAIN_SEED, drawings, read_drawings, sample,
                           summary, writers)
 from service.contract import CHECKPOINT_FILE, model_key
+from service.feedback import MAX_POINTS, MAX_STROKES
 from service.store import StoreError, load_verified, open_store
 from training.data import DATA_ERRORS, TEST_IMAGES, TEST_LABELS, read_pair
 from training.evaluate import predict
@@ -86,11 +90,22 @@ def get_json(url):
         return json.load(r)
 
 
+def page_strokes(strokes):
+    """The strokes as the page adds them to a correction (frontend/feedback.js feedbackStrokes):
+    rounded to 3 decimals, or None over the service's limits."""
+    if not strokes or len(strokes) > MAX_STROKES or sum(map(len, strokes)) > MAX_POINTS:
+        return None
+    return [[[round(float(x), 3), round(float(y), 3)] for x, y in stroke] for stroke in strokes]
+
+
 def send_correction(url, drawing, png, record):
     """POST /feedback as the page sends a correction; returns (status, JSON answer)."""
-    body = json.dumps({"image": "data:image/png;base64," + base64.b64encode(png).decode(),
-                       "label": drawing["label"], "predicted": record["read"],
-                       "model_version": record["model_version"], "client_id": drawing["writer"]}).encode()
+    fields = {"image": "data:image/png;base64," + base64.b64encode(png).decode(), "label": drawing["label"],
+              "predicted": record["read"], "model_version": record["model_version"], "client_id": drawing["writer"]}
+    strokes = page_strokes(drawing["strokes"])
+    if strokes:
+        fields["strokes"] = strokes
+    body = json.dumps(fields).encode()
     req = urllib.request.Request(f"{url}/feedback", data=body, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
@@ -141,15 +156,29 @@ def retrain(store, feedback, runs, init_from, log_path):
     return round(time.monotonic() - started, 1), proc.returncode, cmd, verdict
 
 
-def wait_for_version(url, version, timeout=PICKUP_TIMEOUT_S):
-    """Seconds until the service at ``url`` serves ``version``."""
+def run_timings(runs):
+    """Where the retraining's time went, from its run report: Ray's start, each epoch's end
+    and the end of training (seconds since the CLI started); the rest is export,
+    quantization, the champion's scoring and publishing."""
+    (run,) = os.listdir(runs)
+    with open(os.path.join(runs, run, "report", "metrics.json")) as f:
+        report = json.load(f)
+    return {"run_name": run, "ray_start_s": round(report["summary"]["ray_start_s"], 1),
+            "epochs_done_at_s": [round(m["elapsed_s"], 1) for m in report["epochs"]],
+            "training_done_at_s": round(report["summary"]["train_wall_s"], 1)}
+
+
+def wait_for_version(url, pointer, timeout=PICKUP_TIMEOUT_S):
+    """Seconds from LATEST's move (the pointer's "at") until the service at ``url`` was
+    seen serving it: an upper bound, as polling starts when the retraining has exited."""
+    moved = datetime.datetime.fromisoformat(pointer["at"])
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        if get_json(f"{url}/model").get("version") == version:
-            return round(time.monotonic() - started, 2)
+        if get_json(f"{url}/model").get("version") == pointer["version"]:
+            return round((datetime.datetime.now(datetime.UTC) - moved).total_seconds(), 1)
         time.sleep(0.2)
     sys.exit(f"error: the service still serves {get_json(f'{url}/model').get('version')} {timeout} s after "
-             f"LATEST moved to {version}; is it polling (MODEL_POLL_SECONDS)?")
+             f"LATEST moved to {pointer['version']}; is it polling (MODEL_POLL_SECONDS)?")
 
 
 def preview_pixels(records):
@@ -172,13 +201,14 @@ def measure(url, store, eval_drawings, eval_pngs, mnist):
     if serving != meta["version"]:
         sys.exit(f"error: the service serves {serving} but LATEST is {meta['version']}")
     records = read_drawings(url, eval_drawings, eval_pngs)
-    return {"version": meta["version"], "styles": summary(records), **mnist_scores(model, mnist)}, records
+    return {"version": meta["version"], "writings": summary(records), **mnist_scores(model, mnist)}, records
 
 
 def offline(model, records, mnist):
     """The same measures for a model the service does not serve: on the very inputs it prepared."""
     read = predict(model, preview_pixels(records))
-    return {"styles": summary([{**r, "read": int(p)} for r, p in zip(records, read)]), **mnist_scores(model, mnist)}
+    return {"writings": summary([{**r, "read": int(p)} for r, p in zip(records, read)]),
+            **mnist_scores(model, mnist)}
 
 
 def load_mnist_sets(test_dir):
@@ -194,9 +224,10 @@ def load_mnist_sets(test_dir):
 
 
 def verdicts(result):
+    """{target: met} for each of TARGETS the result has figures for."""
     before, after = result["before"], result["after"]
     out = {"retrain_within_s": result["retrain"]["wall_s"] <= TARGETS["retrain_max_s"],
-           "styles_rise": after["styles"]["styles"]["accuracy"] - before["styles"]["styles"]["accuracy"]
+           "styles_rise": after["writings"]["styles"]["accuracy"] - before["writings"]["styles"]["accuracy"]
            >= TARGETS["styles_min_gain"]}
     for name in ("mnist_validation", "mnist_test"):
         if name in before:
@@ -207,15 +238,18 @@ def verdicts(result):
 def print_summary(result):
     before, after = result["before"], result["after"]
     print(f"\n{'':28s} {'before':>8s} {'after':>8s}   ({before['version']} -> {after['version']})")
-    rows = [(f"  {item}", before["styles"][item], after["styles"][item]) for item in before["styles"]]
-    for label, b, a in rows:
-        print(f"{label:28s} {100 * b['accuracy']:7.1f}% {100 * a['accuracy']:7.1f}%   n={b['n']}")
+    for item, b in before["writings"].items():
+        a = after["writings"][item]
+        print(f"  {item:26s} {100 * b['accuracy']:7.1f}% {100 * a['accuracy']:7.1f}%   n={b['n']}")
     for name in ("mnist_validation", "mnist_test"):
         if name in before:
             print(f"{name:28s} {100 * before[name]['accuracy']:7.2f}% {100 * after[name]['accuracy']:7.2f}%")
     r = result["retrain"]
-    print(f"retrain: {r['wall_s']} s (target <= {TARGETS['retrain_max_s']} s); LATEST "
-          + (f"moved to {r['latest_after']}, served {r['pickup_s']} s later" if r["latest_moved"]
+    t = r["timings"]
+    print(f"retrain: {r['wall_s']} s (target <= {TARGETS['retrain_max_s']} s): Ray started in {t['ray_start_s']} s, "
+          f"epochs done at {', '.join(map(str, t['epochs_done_at_s']))} s, training at {t['training_done_at_s']} s")
+    print("LATEST "
+          + (f"moved to {r['latest_after']}, served within {r['served_within_s']} s of the move" if r["latest_moved"]
              else f"not moved; 'after' is the candidate {r['candidate']} scored offline")
           + f"\n  {r['promotion']}")
     print("targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in result["targets_met"].items()))
@@ -255,7 +289,7 @@ def main():
         server = service(store, FEEDBACK_URI=feedback, FEEDBACK_RATE_LIMIT="0", MODEL_POLL_SECONDS="1").wait_ready()
         before, records = measure(server.url, store, eval_drawings, eval_pngs, mnist)
         print(f"before: {before['version']} reads the held-out writings: " + ", ".join(
-            f"{item} {100 * r['accuracy']:.1f}%" for item, r in before["styles"].items() if not item.isdigit()),
+            f"{item} {100 * r['accuracy']:.1f}%" for item, r in before["writings"].items() if not item.isdigit()),
             flush=True)
         sent = send_corrections(server.url, corrections, correction_pngs)
 
@@ -265,9 +299,10 @@ def main():
         pointer, _ = open_store(store).read_latest()
         retrained = {"wall_s": wall_s, "command": cmd[1:], "latest_before": before["version"],
                      "latest_after": pointer["version"], "latest_moved": pointer["version"] != before["version"],
-                     "promotion": verdict or "the retraining said nothing of promoting; see its output"}
+                     "promotion": verdict or "the retraining said nothing of promoting; see its output",
+                     "timings": run_timings(runs)}
         if retrained["latest_moved"]:
-            retrained["pickup_s"] = wait_for_version(server.url, pointer["version"])
+            retrained["served_within_s"] = wait_for_version(server.url, pointer)
             after, _ = measure(server.url, store, eval_drawings, eval_pngs, mnist)
         else:
             new = [v for v in open_store(store).list_versions() if v not in versions_before]
@@ -282,6 +317,7 @@ def main():
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    host["load_average_at_end"] = os.getloadavg()  # the CPUs are shared: how busy they were is part of the result
     result = {"machine": host, "source_store": source.uri, "init_from": args.init_from,
               "retrain_args": RETRAIN_ARGS, "targets": TARGETS, "corrections": sent, "retrain": retrained,
               "eval": {"writers": args.eval_writers, "writings": len(eval_drawings)},
