@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install the KubeRay operator (Helm) and Knative Serving with Kourier and the
-# sslip.io default domain (release manifests), at pinned versions, and turn on the
-# Knative feature flags the gke-pvc overlay needs. Safe to rerun.
+# Install the KubeRay operator (Helm) with its RayCronJob feature gate on (nightly
+# retraining, ray/cron), and Knative Serving with Kourier and the sslip.io default
+# domain (release manifests), at pinned versions, and turn on the Knative feature
+# flags the gke-pvc overlay needs. Safe to rerun.
 #
 # usage: infra/install-operators.sh [--dry-run]
 set -euo pipefail
@@ -10,10 +11,14 @@ source "$(dirname "$0")/lib.sh"
 parse_args "$@"
 need kubectl helm
 
-step "KubeRay operator $KUBERAY_VERSION"
+step "KubeRay operator $KUBERAY_VERSION, feature gate RayCronJob on"
 run helm repo add kuberay "$KUBERAY_HELM_REPO" --force-update
+# RayCronJob is alpha and off by default in 1.7. --set replaces the chart's whole
+# featureGates list, which leaves the others at the operator's own defaults: the
+# chart lists the beta gates as on, and they are on by default anyway.
 run helm upgrade --install kuberay-operator kuberay/kuberay-operator --version "$KUBERAY_VERSION" \
-  --namespace kuberay-system --create-namespace --wait
+  --namespace kuberay-system --create-namespace --wait \
+  --set 'featureGates[0].name=RayCronJob' --set 'featureGates[0].enabled=true'
 
 step "Knative Serving $KNATIVE_VERSION"
 run kubectl apply -f "$KNATIVE_SERVING_URL/serving-crds.yaml"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Create the bucket and the two Google service accounts, and bind them through
-# Workload Identity: the trainer KSA may write objects, the server KSA may only read
-# them. No keys are created. Safe to rerun.
+# Create the model bucket, the feedback bucket and the two Google service accounts, and
+# bind them through Workload Identity. Least privilege: the trainer may write models
+# and only read feedback; the server may only read models and only create feedback
+# records, never overwrite or delete one. No keys are created. Safe to rerun.
 #
 # usage: infra/setup-storage.sh [--dry-run]
 set -euo pipefail
@@ -10,13 +11,15 @@ source "$(dirname "$0")/lib.sh"
 parse_args "$@"
 need gcloud
 
-step "bucket gs://$BUCKET"
-if exists gcloud storage buckets describe "gs://$BUCKET" --project "$PROJECT_ID"; then
-  echo "bucket gs://$BUCKET exists"
-else
-  run gcloud storage buckets create "gs://$BUCKET" --project "$PROJECT_ID" --location "$REGION" \
-    --uniform-bucket-level-access
-fi
+for bucket in "$BUCKET" "$FEEDBACK_BUCKET"; do
+  step "bucket gs://$bucket"
+  if exists gcloud storage buckets describe "gs://$bucket" --project "$PROJECT_ID"; then
+    echo "bucket gs://$bucket exists"
+  else
+    run gcloud storage buckets create "gs://$bucket" --project "$PROJECT_ID" --location "$REGION" \
+      --uniform-bucket-level-access
+  fi
+done
 
 step "Google service accounts"
 for gsa in "$TRAINER_GSA" "$SERVER_GSA"; do
@@ -27,12 +30,23 @@ for gsa in "$TRAINER_GSA" "$SERVER_GSA"; do
   fi
 done
 
-step "bucket access: the trainer writes (checkpoints, models, LATEST), the server reads"
 # add-iam-policy-binding leaves an existing binding as it is.
+step "model bucket access: the trainer writes (checkpoints, models, LATEST), the server reads"
 run gcloud storage buckets add-iam-policy-binding "gs://$BUCKET" --project "$PROJECT_ID" \
   --member "serviceAccount:$TRAINER_GSA" --role roles/storage.objectUser
 run gcloud storage buckets add-iam-policy-binding "gs://$BUCKET" --project "$PROJECT_ID" \
   --member "serviceAccount:$SERVER_GSA" --role roles/storage.objectViewer
+
+step "feedback bucket access: the server only creates records, the trainer only reads them"
+# objectCreator has storage.objects.create and nothing else: no read, no list, no
+# overwrite (which needs delete), no delete. Records are create-only anyway.
+run gcloud storage buckets add-iam-policy-binding "gs://$FEEDBACK_BUCKET" --project "$PROJECT_ID" \
+  --member "serviceAccount:$SERVER_GSA" --role roles/storage.objectCreator
+# Training reads records and rejections and writes nothing there. Rejecting a record
+# (rejected/<id>.json) is a person's review, done with their own identity, so the
+# trainer does not get objectUser.
+run gcloud storage buckets add-iam-policy-binding "gs://$FEEDBACK_BUCKET" --project "$PROJECT_ID" \
+  --member "serviceAccount:$TRAINER_GSA" --role roles/storage.objectViewer
 
 step "Workload Identity: KSA $NAMESPACE/<name> may act as its Google service account"
 run gcloud iam service-accounts add-iam-policy-binding "$TRAINER_GSA" --project "$PROJECT_ID" \

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Delete everything the other scripts created: the Knative Service, the RayJob, the
-# namespace (and with it the PVC's Filestore instance), the operators, the cluster,
-# the images, the service accounts and the bucket with its models and checkpoints.
-# Asks first unless --yes; --keep-bucket keeps the bucket and its models.
+# Delete everything the other scripts created: the Knative Service, the RayJobs and
+# the nightly RayCronJob, the namespace (and with it the PVC's Filestore instance), the
+# operators, the cluster, the images, the service accounts, the bucket with its models
+# and checkpoints and the feedback bucket with the corrections people sent. Asks first
+# unless --yes; --keep-bucket keeps both buckets.
 #
 # usage: infra/teardown.sh [--dry-run] [--yes] [--keep-bucket]
 set -euo pipefail
@@ -19,14 +20,14 @@ for arg in "${SCRIPT_ARGS[@]}"; do
   esac
 done
 if [[ $DRY_RUN == 0 && $yes == 0 ]]; then
-  read -r -p "Delete cluster $CLUSTER, its workloads and (unless --keep-bucket) gs://$BUCKET in $PROJECT_ID? [y/N] " answer
+  read -r -p "Delete cluster $CLUSTER, its workloads and (unless --keep-bucket) gs://$BUCKET and gs://$FEEDBACK_BUCKET in $PROJECT_ID? [y/N] " answer
   [[ $answer == [yY]* ]] || exit 1
 fi
 
 if exists gcloud container clusters describe "$CLUSTER" --region "$REGION" --project "$PROJECT_ID" || [[ $DRY_RUN == 1 ]]; then
   step "workloads (the PVC goes with the namespace, so Filestore billing stops)"
   run kubectl delete ksvc "$KSVC" --namespace "$NAMESPACE" --ignore-not-found
-  run kubectl delete rayjob "$RAYJOB" --namespace "$NAMESPACE" --ignore-not-found
+  run kubectl delete raycronjob,rayjob --all --namespace "$NAMESPACE" --ignore-not-found
   run kubectl delete namespace "$NAMESPACE" --ignore-not-found --wait
   run helm uninstall kuberay-operator --namespace kuberay-system --ignore-not-found
   step "cluster $CLUSTER"
@@ -44,8 +45,10 @@ for gsa in "$TRAINER_GSA" "$SERVER_GSA"; do
 done
 
 if [[ $keep_bucket == 0 ]]; then
-  step "bucket gs://$BUCKET"
-  if exists gcloud storage buckets describe "gs://$BUCKET" --project "$PROJECT_ID" || [[ $DRY_RUN == 1 ]]; then
-    run gcloud storage rm --recursive "gs://$BUCKET" --project "$PROJECT_ID"
-  fi
+  for bucket in "$BUCKET" "$FEEDBACK_BUCKET"; do
+    step "bucket gs://$bucket"
+    if exists gcloud storage buckets describe "gs://$bucket" --project "$PROJECT_ID" || [[ $DRY_RUN == 1 ]]; then
+      run gcloud storage rm --recursive "gs://$bucket" --project "$PROJECT_ID"
+    fi
+  done
 fi

@@ -82,4 +82,4 @@ def table():
     """SETTINGS as the text table ``--help`` prints."""
     rows = [(name, default.replace(ROOT, "<repo>") or "(empty)", meaning) for name, default, _, meaning in SETTINGS]
     width = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
-    return "\n".join(f"  {n:<{width[0]}}  {d:<{width[1]}}  {m}" for n, d, m in rows)
+    return "\n".join(f"{n:<{width[0]}}  {d:<{width[1]}}  {m}" for n, d, m in rows)

@@ -6,8 +6,10 @@
   way kubeconform --strict fails it, with the schema's defaults filled in first the way
   the API server fills them. Their open subtrees (``x-kubernetes-preserve-unknown-fields``,
   a CRD's root ``metadata``) are checked against the core types of kubernetes-validate.
-- ``rayjob_rules`` / ``knative_rules``: what KubeRay's operator and Knative's webhook
-  reject although the schemas allow it (../shared/k8s-schemas/NOTES.md lists them).
+- ``rayjob_rules`` / ``raycronjob_rules`` / ``knative_rules`` / ``traffic_rules``: what
+  KubeRay's operator and Knative's webhook reject although the schemas allow it
+  (../shared/k8s-schemas/NOTES.md lists them; the traffic rules are Knative's
+  pkg/apis/serving/v1/route_validation.go and revision_validation.go).
 - ``deployment_rules``: this project's own promises (same Ray version and auth mode
   everywhere, PVC on every Ray node, Workload Identity, probes, non-root, ...).
 
@@ -281,6 +283,96 @@ def rayjob_rules(job):
     return problems
 
 
+# KubeRay's RayCronJob rules (validation.go, ValidateRayCronJobSpec; raycronjob_controller.go)
+
+MAX_RAYCRONJOB_NAME = 36  # MaxRayJobNameLength (47) less the "-<minutes>" of each tick's RayJob
+CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 6))
+CRON_DESCRIPTORS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
+                    "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
+
+
+def cron_text(schedule):
+    """``schedule`` with a descriptor (@daily, ...) written out as its 5 fields."""
+    return CRON_DESCRIPTORS.get(schedule.strip(), schedule)
+
+
+def cron_fields(schedule):
+    """The sets of values a standard 5-field cron schedule (or @daily etc.) matches; ValueError if invalid.
+
+    Numbers only, as robfig/cron's ParseStandard takes them (plus names it also takes are
+    not needed here). A day-of-week 7 means Sunday.
+    """
+    parts = cron_text(schedule).split()
+    if len(parts) != 5:
+        raise ValueError(f"{schedule!r}: a cron schedule has 5 fields (minute hour day month weekday)")
+    sets = []
+    for part, (what, lo, hi) in zip(parts, CRON_FIELDS):
+        values = set()
+        for item in part.split(","):
+            rng, _, step = item.partition("/")
+            if rng in ("*", "?"):
+                a, b = lo, hi
+            elif "-" in rng:
+                a, b = (int(x) for x in rng.split("-", 1))
+            elif rng.isdigit():
+                a = b = int(rng)
+                if step:
+                    b = hi
+            else:
+                raise ValueError(f"{schedule!r}: {what} field {part!r} is not numeric")
+            top = 7 if what == "day of week" else hi
+            if not (lo <= a <= b <= top) or (step and (not step.isdigit() or int(step) < 1)):
+                raise ValueError(f"{schedule!r}: {what} field {part!r} is out of range {lo}-{hi}")
+            values |= {v % 7 if what == "day of week" else v for v in range(a, b + 1, int(step or 1))}
+        sets.append(values)
+    return sets
+
+
+def cron_min_interval(schedule):
+    """The shortest time in seconds between two ticks of ``schedule`` over four weeks (from a Monday)."""
+    import datetime
+
+    minute, hour, dom, month, dow = cron_fields(schedule)
+    fields = cron_text(schedule).split()
+    day_star, week_star = fields[2] in ("*", "?"), fields[4] in ("*", "?")
+    t = datetime.datetime(2029, 1, 1)  # a Monday
+    ticks = []
+    for _ in range(28 * 24 * 60):
+        # cron's rule: with both day fields restricted, either one matching is enough
+        day_ok = ((t.day in dom) and ((t.isoweekday() % 7) in dow)) if (day_star or week_star) else \
+            ((t.day in dom) or ((t.isoweekday() % 7) in dow))
+        if t.minute in minute and t.hour in hour and t.month in month and day_ok:
+            ticks.append(t)
+        t += datetime.timedelta(minutes=1)
+    if len(ticks) < 2:
+        return float("inf")
+    return min((b - a).total_seconds() for a, b in zip(ticks, ticks[1:]))
+
+
+def raycronjob_rules(cron):
+    spec, problems = cron.get("spec", {}), []
+    name = cron.get("metadata", {}).get("name", "")
+    if len(name) > MAX_RAYCRONJOB_NAME:
+        problems.append(f"name {name!r} is longer than {MAX_RAYCRONJOB_NAME} characters")
+    schedule = spec.get("schedule", "")
+    if "TZ" in schedule:
+        problems.append("schedule: no TZ or CRON_TZ in the schedule; use timeZone")
+    else:
+        try:
+            cron_fields(schedule)
+        except ValueError as e:
+            problems.append(f"schedule: {e}")
+    if "timeZone" in spec:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(spec["timeZone"])
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            problems.append(f"timeZone {spec['timeZone']!r} is not an IANA time zone")
+    problems += [f"jobTemplate: {p}" for p in rayjob_rules({"spec": spec.get("jobTemplate", {})})]
+    return problems
+
+
 # ---------------------------------------------------------------------------------------
 # Knative webhook rules (pkg/apis/autoscaling, pkg/apis/serving; see NOTES.md)
 
@@ -380,7 +472,7 @@ def autoscaling_annotation_errors(annotations):
 
 def knative_rules(svc, features):
     """Webhook rules for a Knative Service, given config-features' data (``features``)."""
-    problems = []
+    problems = traffic_rules(svc)
     for key in (svc.get("metadata", {}).get("annotations") or {}):
         if key.startswith(AUTOSCALING.rstrip("/")):
             problems.append(f"metadata.annotations[{key}]: autoscaling annotations go on "
@@ -411,12 +503,89 @@ def knative_rules(svc, features):
     return problems
 
 
+# Knative's rules for a Service's traffic and named revisions (pkg/apis/serving/v1:
+# route_validation.go validateTrafficList / TrafficTarget.Validate, revision_validation.go
+# validateRevisionName; route_defaults.go fills latestRevision first)
+
+_DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_QUALIFIED = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+
+
+def dns1035_label(text):
+    return isinstance(text, str) and len(text) <= 63 and _DNS1035.fullmatch(text) is not None
+
+
+def traffic_rules(svc):
+    """What the webhook rejects in a Service's spec.traffic and spec.template.metadata.name."""
+    problems, name = [], svc.get("metadata", {}).get("name", "")
+    revision = (svc.get("spec", {}).get("template", {}).get("metadata") or {}).get("name")
+    if revision is not None:
+        if not dns1035_label(revision):
+            problems.append(f"spec.template.metadata.name {revision!r}: not a DNS-1035 label")
+        elif not revision.startswith(name + "-"):
+            problems.append(f"spec.template.metadata.name {revision!r} must have the prefix {name + '-'!r}")
+    traffic = svc.get("spec", {}).get("traffic")
+    if traffic is None:
+        return problems  # defaulted to 100% latestRevision
+    total, tags = 0, {}
+    for i, t in enumerate(traffic):
+        where = f"spec.traffic[{i}]"
+        rev, latest = t.get("revisionName", ""), t.get("latestRevision")
+        if latest is None:
+            latest = rev == ""  # the webhook's default
+        if latest and rev:
+            problems.append(f"{where}: may not set revisionName {rev!r} when latestRevision is true")
+        if not latest and not rev:
+            problems.append(f"{where}: latestRevision false needs a revisionName")
+        if rev and not (len(rev) <= 63 and _QUALIFIED.fullmatch(rev)):
+            problems.append(f"{where}.revisionName {rev!r}: not a qualified name")
+        if "configurationName" in t:
+            problems.append(f"{where}: configurationName is not allowed in a Service (it has its own)")
+        if "url" in t:
+            problems.append(f"{where}: url is not allowed in spec (status only)")
+        percent = t.get("percent")
+        if percent is not None:
+            if not 0 <= percent <= 100:
+                problems.append(f"{where}.percent {percent} is outside 0..100")
+            total += percent
+        tag = t.get("tag", "")
+        if tag:
+            if not dns1035_label(tag):
+                problems.append(f"{where}.tag {tag!r}: not a DNS-1035 label")
+            if tag in tags:
+                problems.append(f"{where}.tag {tag!r}: multiple definitions (also spec.traffic[{tags[tag]}])")
+            tags.setdefault(tag, i)
+    if total != 100:
+        problems.append(f"spec.traffic: targets sum to {total}%, want 100")
+    return problems
+
+
 # ---------------------------------------------------------------------------------------
 # This project's own rules
 
 
-def env_of(container):
-    return {e["name"]: e.get("value") for e in container.get("env", [])}
+def configmaps(docs):
+    return {d["metadata"]["name"]: d for d in find(docs, "ConfigMap")}
+
+
+def env_of(container, docs=()):
+    """A container's environment as Kubernetes builds it: envFrom ConfigMaps (found in
+    ``docs``) first, then env over them. A valueFrom entry maps to its source (a dict)."""
+    env, maps = {}, configmaps(docs)
+    for source in container.get("envFrom", []):
+        ref = source.get("configMapRef", {}).get("name")
+        if ref in maps:
+            env.update({source.get("prefix", "") + k: v for k, v in maps[ref].get("data", {}).items()})
+    for e in container.get("env", []):
+        env[e["name"]] = e["valueFrom"] if "valueFrom" in e else e.get("value")
+    return env
+
+
+def missing_configmaps(container, docs):
+    """The ConfigMaps that ``container`` reads with envFrom and ``docs`` do not hold."""
+    maps = configmaps(docs)
+    return [s["configMapRef"]["name"] for s in container.get("envFrom", [])
+            if "configMapRef" in s and s["configMapRef"]["name"] not in maps]
 
 
 def pinned_version(requirements, package):
@@ -446,6 +615,14 @@ def _ksa_errors(where, pod, docs):
     return []
 
 
+def ray_jobs(docs):
+    """(where, RayJob) for each RayJob and, as a RayJob of the same spec, each RayCronJob's job template."""
+    jobs = [(f"RayJob/{j['metadata']['name']}", j) for j in find(docs, "RayJob", "ray.io")]
+    jobs += [(f"RayCronJob/{c['metadata']['name']}", {"metadata": c["metadata"], "spec": c["spec"]["jobTemplate"]})
+             for c in find(docs, "RayCronJob", "ray.io")]
+    return jobs
+
+
 def ray_pods(job):
     """(where, pod spec) for the head, each worker group and the submitter."""
     cluster = job["spec"]["rayClusterSpec"]
@@ -454,6 +631,95 @@ def ray_pods(job):
     if "submitterPodTemplate" in job["spec"]:
         pods.append(("submitter", job["spec"]["submitterPodTemplate"]["spec"]))
     return pods
+
+
+CR_NAME_LABEL = "metadata.labels['ray.io/originated-from-cr-name']"
+
+
+def shell_vars(command):
+    """The $NAME / ${NAME} variables a shell would expand in ``command``."""
+    return set(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", command))
+
+
+def _rayjob_errors(job, docs, pvcs, ray_version):
+    problems, spec = [], job["spec"]
+    if spec["rayClusterSpec"].get("rayVersion") != ray_version:
+        problems.append(f"rayVersion {spec['rayClusterSpec'].get('rayVersion')!r} is not the pinned ray=={ray_version}")
+    head_env = env_of(spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0], docs)
+    pods = ray_pods(job)
+    submitter = dict(pods).get("submitter")
+    submitter_env = env_of(submitter["containers"][0], docs) if submitter else {}
+    entrypoint = spec.get("entrypoint", "")
+    # KubeRay's submitter runs the entrypoint through bash: its variables expand there.
+    for var in sorted(shell_vars(entrypoint) - set(submitter_env)):
+        problems.append(f"entrypoint: ${var} expands in the submitter, whose env does not set it")
+    # A run named after the RayJob: new for every RayJob, the same for its retries.
+    import shlex
+
+    words = shlex.split(entrypoint)
+    run_name = words[words.index("--run-name") + 1] if "--run-name" in words[:-1] else None
+    source = submitter_env.get(run_name[1:]) if run_name and run_name.startswith("$") else None
+    if not (isinstance(source, dict) and source.get("fieldRef", {}).get("fieldPath") == CR_NAME_LABEL):
+        problems.append("entrypoint: --run-name must be a submitter variable read from the pod label "
+                        "ray.io/originated-from-cr-name (the RayJob's name), so each RayJob is a new run "
+                        "and its retries resume it")
+    if "RUN_NAME" in head_env:
+        problems.append("head env RUN_NAME: a fixed run name makes every RayJob resume the same run")
+    if "DIGITDRAW_ACTOR=" not in entrypoint:
+        problems.append("entrypoint: set DIGITDRAW_ACTOR, so that LATEST's history names the run that moved it")
+    for where, pod in pods:
+        problems += _ksa_errors(where, pod, docs)
+        for c in pod["containers"]:
+            problems += [f"{where}: envFrom ConfigMap {m} is not in the overlay" for m in missing_configmaps(c, docs)]
+            env = env_of(c, docs)
+            if env.get("RAY_AUTH_MODE") != "disabled":
+                problems.append(f"{where}: RAY_AUTH_MODE must be 'disabled' like every other Ray process, "
+                                f"got {env.get('RAY_AUTH_MODE')!r}")
+            if where != "submitter" and env.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "1":
+                problems.append(f"{where}: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER must be \"1\": the training CLI "
+                                "defaults it to 0 (loopback, for one machine), which breaks a multi-node cluster")
+            problems += _resources_errors(f"{where} container {c['name']}", c)
+        if where == "submitter":
+            continue
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes", [])
+                  if "persistentVolumeClaim" in v}
+        mounts = {m["mountPath"]: claims[m["name"]] for m in pod["containers"][0].get("volumeMounts", [])
+                  if m["name"] in claims}
+        for key in ("STORAGE_PATH", "DATA_DIR"):
+            path = head_env.get(key, "")
+            mount = next((m for m in mounts if path.startswith(m.rstrip("/") + "/")), None)
+            if mount is None:
+                problems.append(f"{where}: {key}={path!r} is not on a mounted PVC")
+            elif mounts[mount] not in pvcs:
+                problems.append(f"{where}: PVC {mounts[mount]} is not in the overlay")
+            elif "ReadWriteMany" not in pvcs[mounts[mount]]["spec"]["accessModes"]:
+                problems.append(f"PVC {mounts[mount]}: every Ray node mounts it, so it must be ReadWriteMany")
+    for key in ("NUM_WORKERS", "EPOCHS", "STORAGE_PATH", "PUBLISH_URIS", "TRAIN_DATA", "CHECKPOINT_MIRROR"):
+        if not head_env.get(key):
+            problems.append(f"head env {key} is not set: the training CLI reads it")
+    return problems
+
+
+def _raycronjob_errors(cron, svcs, docs):
+    problems, spec = [], cron["spec"]
+    job = spec["jobTemplate"]
+    # No concurrencyPolicy: a job and its retries must be over before the next tick.
+    worst = (1 + job.get("backoffLimit", 0)) * job.get("activeDeadlineSeconds", float("inf"))
+    try:
+        interval = cron_min_interval(spec["schedule"])
+    except ValueError:
+        interval = 0  # reported by raycronjob_rules
+    if worst > interval / 2:
+        problems.append(f"(1 + backoffLimit) x activeDeadlineSeconds = {worst} s is more than half the "
+                        f"{interval:.0f} s between ticks: two retrainings could overlap")
+    head_env = env_of(job["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0], docs)
+    if head_env.get("INIT_FROM") != "latest":
+        problems.append(f"head env INIT_FROM must be 'latest' (warm start), got {head_env.get('INIT_FROM')!r}")
+    served = {env_of(s["spec"]["template"]["spec"]["containers"][0], docs).get("FEEDBACK_URI") for s in svcs}
+    if not head_env.get("FEEDBACK_URI") or (svcs and head_env.get("FEEDBACK_URI") not in served):
+        problems.append(f"head env FEEDBACK_URI {head_env.get('FEEDBACK_URI')!r} is not the feedback store "
+                        f"the Knative Service writes ({sorted(map(str, served))})")
+    return problems
 
 
 def deployment_rules(docs):
@@ -466,51 +732,19 @@ def deployment_rules(docs):
             problems.append(f"{d['kind']}/{d['metadata']['name']}: namespace {d['metadata'].get('namespace')!r} "
                             "is not the overlay's Namespace")
         text = yaml.safe_dump(d)
-        for placeholder in ("PROJECT_ID", "REGION", "BUCKET", "AR_REPO", "IMAGE_TAG", "GPU_TYPE", "NAMESPACE"):
+        for placeholder in ("PROJECT_ID", "REGION", "BUCKET", "FEEDBACK_BUCKET", "AR_REPO", "IMAGE_TAG", "GPU_TYPE",
+                            "NAMESPACE"):
             if re.search(rf"\b{placeholder}\b", text):
                 problems.append(f"{d['kind']}/{d['metadata']['name']}: placeholder {placeholder} left unfilled")
         if "GOOGLE_APPLICATION_CREDENTIALS" in text or re.search(r"\bsecret(Name|KeyRef)?\b", text):
             problems.append(f"{d['kind']}/{d['metadata']['name']}: no keys or secrets: GCS access is Workload Identity")
 
     ray_version = pinned_version("training/requirements.txt", "ray")
-    for job in find(docs, "RayJob", "ray.io"):
-        spec = job["spec"]
-        if spec["rayClusterSpec"].get("rayVersion") != ray_version:
-            problems.append(f"rayVersion {spec['rayClusterSpec'].get('rayVersion')!r} is not the pinned ray=={ray_version}")
-        if "$" in spec["entrypoint"]:
-            problems.append("entrypoint: KubeRay's submitter runs it through bash, which would expand $VARS there")
-        head_env = env_of(spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0])
-        for where, pod in ray_pods(job):
-            problems += _ksa_errors(where, pod, docs)
-            for c in pod["containers"]:
-                env = env_of(c)
-                if env.get("RAY_AUTH_MODE") != "disabled":
-                    problems.append(f"{where}: RAY_AUTH_MODE must be 'disabled' like every other Ray process, "
-                                    f"got {env.get('RAY_AUTH_MODE')!r}")
-                if where != "submitter" and env.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "1":
-                    problems.append(f"{where}: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER must be \"1\": the training CLI "
-                                    "defaults it to 0 (loopback, for one machine), which breaks a multi-node cluster")
-                problems += _resources_errors(f"{where} container {c['name']}", c)
-            if where == "submitter":
-                continue
-            claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes", [])
-                      if "persistentVolumeClaim" in v}
-            mounts = {m["mountPath"]: claims[m["name"]] for m in pod["containers"][0].get("volumeMounts", [])
-                      if m["name"] in claims}
-            for key in ("STORAGE_PATH", "DATA_DIR"):
-                path = head_env.get(key, "")
-                mount = next((m for m in mounts if path.startswith(m.rstrip("/") + "/")), None)
-                if mount is None:
-                    problems.append(f"{where}: {key}={path!r} is not on a mounted PVC")
-                elif mounts[mount] not in pvcs:
-                    problems.append(f"{where}: PVC {mounts[mount]} is not in the overlay")
-                elif "ReadWriteMany" not in pvcs[mounts[mount]]["spec"]["accessModes"]:
-                    problems.append(f"PVC {mounts[mount]}: every Ray node mounts it, so it must be ReadWriteMany")
-        if spec.get("backoffLimit", 0) > 0 and not head_env.get("RUN_NAME"):
-            problems.append("backoffLimit > 0 needs a fixed RUN_NAME so that a retry resumes from its checkpoints")
-        for key in ("NUM_WORKERS", "EPOCHS", "STORAGE_PATH", "PUBLISH_URIS", "TRAIN_DATA", "CHECKPOINT_MIRROR"):
-            if not head_env.get(key):
-                problems.append(f"head env {key} is not set: the training CLI reads it")
+    for name, job in ray_jobs(docs):
+        problems += [f"{name}: {p}" for p in _rayjob_errors(job, docs, pvcs, ray_version)]
+    svcs = find(docs, "Service", "serving.knative.dev")
+    for cron in find(docs, "RayCronJob", "ray.io"):
+        problems += [f"RayCronJob/{cron['metadata']['name']}: {p}" for p in _raycronjob_errors(cron, svcs, docs)]
 
     for svc in find(docs, "Service", "serving.knative.dev"):
         template = svc["spec"]["template"]
@@ -539,6 +773,13 @@ def deployment_rules(docs):
                 and sc.get("capabilities", {}).get("drop") == ["ALL"]):
             problems.append("knative: container must run as non-root, read-only root fs, no privilege escalation, "
                             "capabilities drop ALL")
-        if not env_of(c).get("MODEL_URI"):
+        env = env_of(c, docs)
+        if not env.get("MODEL_URI"):
             problems.append("knative: MODEL_URI is not set")
+        feedback = env.get("FEEDBACK_URI") or ""
+        if not feedback.startswith("gs://"):
+            problems.append(f"knative: FEEDBACK_URI must be a gs:// bucket, got {feedback!r}")
+        elif env.get("MODEL_URI", "").split("/")[:3] == feedback.split("/")[:3]:
+            problems.append("knative: FEEDBACK_URI must be a bucket of its own: the server may only create "
+                            "objects there, and only read the models")
     return problems

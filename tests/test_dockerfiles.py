@@ -130,7 +130,11 @@ def test_images_run_the_commands_the_manifests_and_tests_run():
     (svc,) = k8s.find(docs, "Service", "serving.knative.dev")
     (c,) = svc["spec"]["template"]["spec"]["containers"]
     assert cmd_of(DOCKERFILES["service"]) == c["command"] + c.get("args", []) == ["python", "-m", "service"]
-    assert cmd_of(DOCKERFILES["training"]) == shlex.split(job["spec"]["entrypoint"]) == ["python", "-m", "training"]
+    # The RayJob runs the image's command with a run name (and DIGITDRAW_ACTOR) added.
+    entrypoint = shlex.split(job["spec"]["entrypoint"])
+    assert cmd_of(DOCKERFILES["training"]) == ["python", "-m", "training"]
+    start = entrypoint.index("python")
+    assert entrypoint[start:start + 3] == cmd_of(DOCKERFILES["training"]) and entrypoint[0] == "env"
     # The tests' fixture runs the same module (tests/conftest.py: trained_store).
     with open(os.path.join(ROOT, "tests", "conftest.py")) as f:
         assert '"-m", "training"' in f.read()

@@ -1,6 +1,7 @@
-"""Property tests: whatever is thrown at /predict (random or truncated bytes, odd image
-modes, animations, giant dimensions, malformed JSON) gets a JSON answer and never a
-500: a 4xx error, or a prediction when the input really is a drawable image."""
+"""Property tests: whatever is thrown at /predict, /feedback and OIP /infer (random or
+truncated bytes, odd image modes, animations, giant dimensions, malformed, deeply nested
+JSON, huge numbers) gets a JSON answer and never a 5xx: a 4xx error, or a prediction or a
+stored correction when the input really is a drawable image."""
 import io
 import json
 import struct
@@ -27,9 +28,10 @@ GREY = png.grey(np.asarray(draw_digit(7, background=(255, 255, 255, 255), mode="
 
 
 @pytest.fixture(scope="module")
-def client(trained_store):
+def client(trained_store, tmp_path_factory):
     app = create_app({"MODEL_URI": trained_store, "MODEL_POLL_SECONDS": 0, "MAX_IMAGE_PIXELS": MAX_PIXELS,
-                      "LOG_LEVEL": "WARNING"})
+                      "LOG_LEVEL": "WARNING", "FEEDBACK_URI": str(tmp_path_factory.mktemp("feedback")),
+                      "FEEDBACK_RATE_LIMIT": 0})
     assert app.model_holder.wait_ready(60)
     return app.test_client()
 
@@ -177,3 +179,52 @@ def test_oip_infer_random_json(client, value):
     check(client.post("/v2/models/digitdraw/infer", json={"inputs": value}))
     check(client.post("/v2/models/digitdraw/infer", json={"inputs": [{"name": "image", "datatype": "FP32",
                                                                       "shape": [1, 1, 28, 28], "data": value}]}))
+
+
+NESTED = st.tuples(st.integers(1, 4000), st.sampled_from(["[", '{"a": '])).map(
+    lambda d: d[1] * d[0] + "1" + ("]" if d[1] == "[" else "}") * d[0])
+
+
+@FUZZ
+@given(nested=NESTED, where=st.sampled_from(["body", "field"]))
+def test_deeply_nested_json(client, nested, where):
+    for path, body in (("/predict", '{"image": %s}'), ("/feedback", '{"image": "x", "label": %s}'),
+                       ("/v2/models/digitdraw/infer", '{"inputs": [{"name": "image", "datatype": "FP32", '
+                                                      '"shape": [1, 1, 28, 28], "data": %s}]}')):
+        data = nested if where == "body" else body % nested
+        check(client.post(path, data=data, content_type="application/json"))
+
+
+HUGE = st.one_of(st.integers(min_value=-10 ** 600, max_value=10 ** 600), st.floats(allow_nan=True, allow_infinity=True),
+                 st.sampled_from(["1e400", "-1e400", "1" * 500, "1e-400", "NaN", "Infinity"]))
+
+
+@FUZZ
+@given(number=HUGE, at=st.integers(0, 783))
+def test_huge_numbers_in_oip_data(client, number, at):
+    data = ["0"] * 784
+    data[at] = number if isinstance(number, str) else json.dumps(number)
+    body = ('{"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [%s]}]}'
+            % ",".join(data))
+    r = client.post("/v2/models/digitdraw/infer", data=body, content_type="application/json")
+    if r.status_code != 200:
+        check(r)
+
+
+FEEDBACK_VALUES = st.one_of(JSON_VALUES, st.integers(-5, 15), st.just(None), st.booleans(),
+                            st.text(max_size=80), st.lists(st.lists(st.lists(st.floats(-1, 2), max_size=3),
+                                                                    max_size=4), max_size=4))
+
+
+@FUZZ
+@given(body=st.fixed_dictionaries({}, optional={
+    "image": st.one_of(st.just("data:image/png;base64," + b64(PNG)), st.just(b64(GREY)), FEEDBACK_VALUES),
+    "label": FEEDBACK_VALUES, "predicted": FEEDBACK_VALUES, "model_version": FEEDBACK_VALUES,
+    "client_id": FEEDBACK_VALUES, "strokes": FEEDBACK_VALUES, "other": FEEDBACK_VALUES}))
+def test_random_feedback(client, body):
+    r = client.post("/feedback", json=body)
+    assert r.status_code != 500 and r.status_code < 500, r.get_data()[:300]
+    if r.status_code in (200, 201):
+        assert json.loads(r.get_data())["status"] in ("stored", "duplicate")
+    else:
+        check(r)
