@@ -55,15 +55,16 @@ def densify(points, step=0.03):
     return out
 
 
-def _ellipse(cx, cy, rx, ry, start=-0.5 * math.pi, turns=1.0, n=40):
-    # Anticlockwise on screen from the top, as most people write a 0.
+def ellipse(cx, cy, rx, ry, start=-0.5 * math.pi, turns=1.0, n=40):
+    """Points on an ellipse, anticlockwise on screen from angle ``start`` (the top by default,
+    as most people write a 0) for ``turns`` of a full turn."""
     return [(cx + rx * math.cos(start - 2 * math.pi * turns * k / n),
              cy + ry * math.sin(start - 2 * math.pi * turns * k / n)) for k in range(n + 1)]
 
 
 # Each digit as strokes in a unit box, in the order and direction people usually write them.
 DIGITS = {
-    0: [_ellipse(0.5, 0.5, 0.3, 0.46, turns=1.03)],
+    0: [ellipse(0.5, 0.5, 0.3, 0.46, turns=1.03)],
     1: [densify([(0.56, 0.02), (0.44, 0.98)])],
     2: [catmull_rom([(0.2, 0.27), (0.33, 0.08), (0.55, 0.03), (0.74, 0.13), (0.76, 0.33),
                      (0.6, 0.56), (0.38, 0.76), (0.17, 0.96)])
