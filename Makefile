@@ -8,11 +8,14 @@ STAMP := $(VENV)/.installed
 
 # `make run` settings (the same names as the CLI flags' environment variables)
 MODEL_URI ?= model-store
+FEEDBACK_URI ?= feedback-store
 TRAIN_DATA ?= bundled
 HOST ?= 127.0.0.1
 PORT ?= 8080
+# `make retrain`: a short fine-tune from the model LATEST names (docs/training.md: "Retraining").
+RETRAIN_EPOCHS ?= 2
 
-.PHONY: setup browser run train serve test validate bench clean
+.PHONY: setup browser run train retrain serve test unit validate bench clean
 
 setup: $(STAMP)
 
@@ -36,26 +39,38 @@ run: setup
 	  echo "no model in $(MODEL_URI): training one on $(TRAIN_DATA) data first"; \
 	  TRAIN_DATA=$(TRAIN_DATA) PUBLISH_URIS=$(MODEL_URI) $(PY) -m training; \
 	fi
-	@echo "serving DigitDraw on http://$(HOST):$(PORT)/"
-	MODEL_URI=$(MODEL_URI) HOST=$(HOST) PORT=$(PORT) $(PY) -m service
+	@echo "serving DigitDraw on http://$(HOST):$(PORT)/ (corrections go to $(FEEDBACK_URI))"
+	MODEL_URI=$(MODEL_URI) FEEDBACK_URI=$(FEEDBACK_URI) HOST=$(HOST) PORT=$(PORT) $(PY) -m service
 
 train: setup
 	PUBLISH_URIS=$(MODEL_URI) $(PY) -m training
 
+# Fine-tune on the corrections people sent through the page; a running `make run` serves
+# the new model within MODEL_POLL_SECONDS if it wins against the one serving.
+retrain: setup
+	TRAIN_DATA=$(TRAIN_DATA) FEEDBACK_URI=$(FEEDBACK_URI) INIT_FROM=latest EPOCHS=$(RETRAIN_EPOCHS) \
+	  PUBLISH_URIS=$(MODEL_URI) $(PY) -m training
+
 serve: setup
-	MODEL_URI=$(MODEL_URI) HOST=$(HOST) PORT=$(PORT) $(PY) -m service
+	MODEL_URI=$(MODEL_URI) FEEDBACK_URI=$(FEEDBACK_URI) HOST=$(HOST) PORT=$(PORT) $(PY) -m service
 
 test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The tests that need no Ray, server process, browser or GCS emulator: seconds, not minutes.
+unit: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # Validate the rendered manifests against a live cluster (kubectl apply --dry-run=server).
 validate:
 	infra/validate-live.sh
 
 bench: setup browser
-	$(PY) bench/train_bench.py
-	$(PY) bench/serve_bench.py
-	$(PY) bench/handwriting_eval.py
+	$(PY) -m bench.train_bench
+	$(PY) -m bench.serve_bench
+	$(PY) -m bench.worst_case
+	$(PY) -m bench.feedback_bench
+	$(PY) -m bench.handwriting_eval
 
 clean:
-	rm -rf $(VENV) runs .data .pytest_cache .hypothesis
+	rm -rf $(VENV) runs .data .pytest_cache .hypothesis *.egg-info

@@ -71,7 +71,8 @@ def register(app, max_body_bytes):
         if e.code == 413:
             message = f"the request body is over the limit of {max_body_bytes} bytes; send a smaller image"
         elif e.code == 405:
-            message = f"{request.method} is not allowed on {_short(request.path)}; use {', '.join(e.valid_methods or [])}"
+            allowed = ", ".join(e.valid_methods or [])
+            message = f"{request.method} is not allowed on {_short(request.path)}; use {allowed}"
         elif e.code == 404 and message == NotFound.description:
             message = f"nothing at {_short(request.path)}; see /openapi.json for the API"
         response = json_response(error_body(code, message), e.code)

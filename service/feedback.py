@@ -58,8 +58,8 @@ def register(app, cfg):
                   "created_at": f"{now:%Y-%m-%dT%H:%M:%S.%f}"[:-3] + "Z",
                   "image_sha256": hashlib.sha256(image).hexdigest()}
         status = _store(store, record, f"{now:%Y-%m-%d}")
-        app.metrics.observe_feedback(status, fields["model_version"],
-                                     correction=fields["predicted"] is not None and fields["predicted"] != fields["label"])
+        corrected = fields["predicted"] is not None and fields["predicted"] != fields["label"]
+        app.metrics.observe_feedback(status, fields["model_version"], correction=corrected)
         return json_response({"id": record_id, "status": status}, 201 if status == "stored" else 200)
 
 

@@ -232,7 +232,8 @@ class Metrics:
             out += [f"# HELP digitdraw_{name}_total {text}", f"# TYPE digitdraw_{name}_total counter"]
             out += [f'digitdraw_{name}_total{{model_version="{_escape(v)}"}} {m[key][0]:.0f}'
                     for v, m in versions.items() if m[key][0]]
-        out += ["# HELP digitdraw_feedback_total Feedback requests by result.", "# TYPE digitdraw_feedback_total counter"]
+        out += ["# HELP digitdraw_feedback_total Feedback requests by result.",
+                "# TYPE digitdraw_feedback_total counter"]
         out += [f'digitdraw_feedback_total{{result="{result}",model_version="{_escape(v)}"}} {m["feedback"][i]:.0f}'
                 for v, m in versions.items() for i, result in enumerate(FEEDBACK_RESULTS) if m["feedback"][i]]
         loads = self._slot_arrays["model_loads"].sum(axis=0)

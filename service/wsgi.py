@@ -42,8 +42,8 @@ class RequestLayer:
             extra.append(HSTS)  # only over HTTPS: a browser ignores it on http, and must
         origin = environ.get("HTTP_ORIGIN")
         if origin and (origin in self.cors or "*" in self.cors):
-            extra += [("Access-Control-Allow-Origin", origin), ("Access-Control-Expose-Headers", "X-Request-Id, Retry-After"),
-                      ("Vary", "Origin")]
+            extra += [("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
+                      ("Access-Control-Expose-Headers", "X-Request-Id, Retry-After")]
             if environ["REQUEST_METHOD"] == "OPTIONS":
                 extra += [("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
                           ("Access-Control-Allow-Headers", "Content-Type, X-Request-Id"),

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 
 import pytest
 
@@ -97,6 +98,16 @@ def fake_gcs(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(params=["local", pytest.param("gs", marks=pytest.mark.slow)])
+def store_uri(request, tmp_path):
+    """A fresh, empty store: a directory, or a new prefix in a fake-gcs-server bucket."""
+    if request.param == "local":
+        (tmp_path / "store").mkdir()  # like a mounted volume
+        return str(tmp_path / "store")
+    bucket = request.getfixturevalue("fake_gcs").make_bucket("digitdraw-tests")
+    return f"gs://{bucket}/{uuid.uuid4().hex[:12]}"
+
+
 # Small enough to train in well under a minute on 2 cores, good enough that clearly
 # drawn digits are read correctly by the service and the browser tests.
 TEST_TRAIN_ARGS = ["--data", "bundled", "--num-workers", "2", "--epochs", "4", "--max-train-samples", "9000",
@@ -115,3 +126,14 @@ def trained_store(tmp_path_factory):
         raise RuntimeError(f"training for the test model failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     assert os.path.exists(os.path.join(store, "models", "LATEST")), result.stdout[-2000:]
     return store
+
+
+# What makes a test slow: a model trained in this run, or fake-gcs-server. Such tests are
+# marked for `make unit` to leave out, like the modules that start Ray, servers or a browser.
+SLOW_FIXTURES = {"trained_store", "fake_gcs"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

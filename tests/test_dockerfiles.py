@@ -16,6 +16,8 @@ import pytest
 
 import k8s_helpers as k8s
 
+pytestmark = pytest.mark.slow  # runs hadolint
+
 ROOT = k8s.ROOT
 DOCKERFILES = {"training": "training/Dockerfile", "service": "service/Dockerfile"}
 

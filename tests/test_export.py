@@ -9,6 +9,8 @@ from training.export import ParityError, _export_torchscript, check_parity, expo
 from training.model import build_model
 from training.publish import model_signature
 
+pytestmark = pytest.mark.slow  # exports with torch.onnx
+
 
 class TinyNet(nn.Module):
     """A small CNN with the layers that matter for export: conv, BatchNorm, pooling, dropout, linear."""

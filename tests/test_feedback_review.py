@@ -1,7 +1,7 @@
 """The feedback review CLI, ``python -m training.feedback``, run as a real subprocess.
 
 Every test runs against a local directory and against gs:// on a real fake-gcs-server
-(store_uri, shared with tests/test_publish.py). Most records are built exactly as
+(the store_uri fixture of tests/conftest.py). Most records are built exactly as
 service/feedback.py builds them (the same fields, the id the sha256 of the 784 pixel bytes,
 the same JSON, a days/ marker) from real MNIST digits of the bundled sample, and created
 through the store client; one test has a real `python -m service` store them from POST /feedback.
@@ -26,13 +26,13 @@ from publish_helpers import ROOT, meta_for, tiny_onnx
 from service import contract
 from service.store import open_store
 from service_helpers import ServiceProcess, data_url, draw_digit, png_bytes
-import test_publish
 from test_registry import one_error_line
 from training import feedback
 from training.data import SAMPLE_DIR, TRAIN_IMAGES, TRAIN_LABELS, read_pair
 from training.publish import publish
 
-store_uri = test_publish.store_uri  # the fixture: a fresh directory, or a fresh prefix on fake-gcs-server
+pytestmark = pytest.mark.slow  # runs the review CLI as processes
+
 
 ACTOR = "review-test"
 MODEL = "20261201T000000Z-0123abcd"
@@ -41,6 +41,7 @@ MODEL = "20261201T000000Z-0123abcd"
 PROGRESS_EVERY_2_CLI = """
 import sys
 from training import feedback
+
 
 feedback.PROGRESS_EVERY = 2
 sys.exit(feedback.main(sys.argv[1:]))
@@ -332,6 +333,7 @@ def test_sheet_draws_one_tile_per_record(store_uri, tmp_path):
     assert sheet.shape[0] == feedback.SHEET_HEADER + 28 * 4 + feedback.SHEET_CAPTION + feedback.SHEET_PAD
     assert np.array_equal(tile(sheet, 1, 4)[0][..., 0], np.kron(
         np.frombuffer(base64.b64decode(newest_first[1]["pixels"]), np.uint8).reshape(28, 28), np.ones((4, 4))))
+
 
     nowhere = tmp_path / "no-such-dir" / "sheet.png"
     unwritable = cli(store_uri, "sheet", "--out", str(nowhere))

@@ -22,6 +22,8 @@ import yaml
 
 import k8s_helpers as k8s
 
+pytestmark = pytest.mark.slow  # runs the infra scripts, kustomize and shellcheck
+
 ROOT = k8s.ROOT
 INFRA = os.path.join(ROOT, "infra")
 SCRIPTS = sorted(f for f in os.listdir(INFRA) if f.endswith(".sh") and f != "lib.sh")
@@ -286,7 +288,7 @@ def test_teardown_deletes_both_buckets_unless_kept(fake_tools):
 # $APPLIED, and whose other calls answer from $ANSWERS (lines "text<TAB>output": the
 # first line whose text is part of the call; a call that none matches fails).
 KUBECTL = """#!/bin/bash
-printf '%q ' kubectl "$@" >> "$CALLS"; echo >> "$CALLS"
+line=$(printf '%q ' kubectl "$@"); printf '%s\n' "$line" >> "$CALLS"  # one write: piped calls run at once
 case "$1" in
   kustomize) exec /usr/bin/kubectl "$@" ;;
   apply) cat >> "$APPLIED"; echo --- >> "$APPLIED"; exit 0 ;;

@@ -18,6 +18,8 @@ import yaml
 
 import k8s_helpers as k8s
 
+pytestmark = pytest.mark.slow  # renders every overlay with kubectl kustomize
+
 SKIP_REASON = k8s.missing_schemas_reason()
 needs_schemas = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
 
@@ -343,6 +345,7 @@ def test_each_rayjob_is_a_run_of_its_own_name(rendered, tmp_path):
     bad["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"].append(
         {"name": "RUN_NAME", "value": "digitdraw-001"})
     assert any("head env RUN_NAME" in p for p in k8s.deployment_rules([bad if d is job else d for d in rendered["gke"]]))
+
 
 
 def test_nightly_retraining_is_the_rayjob_with_feedback_and_a_warm_start(rendered):

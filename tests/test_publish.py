@@ -26,17 +26,6 @@ HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "publish_helpe
 BUCKET = "digitdraw-publish-tests"
 
 
-@pytest.fixture(params=["local", "gs"])
-def store_uri(request, tmp_path):
-    """A fresh, empty store: a directory, or a new prefix in a fake-gcs-server bucket."""
-    if request.param == "local":
-        (tmp_path / "store").mkdir()  # like a mounted volume
-        return str(tmp_path / "store")
-    fake_gcs = request.getfixturevalue("fake_gcs")
-    fake_gcs.make_bucket(BUCKET)
-    return f"gs://{BUCKET}/{uuid.uuid4().hex[:12]}"
-
-
 def latest(uri):
     pointer, _ = open_store(uri).read_latest()
     return pointer and pointer["version"]
@@ -241,6 +230,7 @@ def test_missing_bucket_is_unreachable(fake_gcs):
         open_store(uri).read_latest()
 
 
+@pytest.mark.slow  # waits out the GCS client's bounded retries
 def test_unreachable_gcs_host_is_reported_after_a_bounded_retry(monkeypatch):
     # Nothing listens on a free port: every connection is refused.
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")

@@ -12,6 +12,8 @@ from service.contract import model_input
 from training.evaluate import predict
 from training.quantize import check, quantize_int8, verdict
 
+pytestmark = pytest.mark.slow  # trains a model for about 15 s
+
 
 @pytest.fixture(scope="module")
 def trained():

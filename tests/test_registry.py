@@ -1,7 +1,7 @@
 """The model registry CLI, ``python -m training.registry``, run as a real subprocess.
 
 Every test runs against a local directory and against gs:// on a real fake-gcs-server
-(store_uri, shared with tests/test_publish.py). The versions are real tiny ONNX models
+(the store_uri fixture of tests/conftest.py). The versions are real tiny ONNX models
 published with training.publish; corruption is a real overwrite behind the store's back,
 and the race is two real processes that both read LATEST before either swaps it.
 """
@@ -12,16 +12,18 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import free_port
 from publish_helpers import ROOT, meta_for, overwrite, tiny_onnx
 from service import contract
 from service.store import load_verified, open_store
-import test_publish
 from test_publish import latest, quiet
 from training import registry
 from training.publish import publish
 
-store_uri = test_publish.store_uri  # the fixture: a fresh directory, or a fresh prefix on fake-gcs-server
+pytestmark = pytest.mark.slow  # runs the registry CLI as processes
+
 
 ACTOR = "registry-test"
 _tags = itertools.count()
@@ -78,6 +80,8 @@ SHORT_RETRY_CLI = """
 import sys
 from service import store
 from training import registry
+
+
 
 store.GCS_RETRY_SECONDS = 1
 sys.exit(registry.main(sys.argv[1:]))

@@ -32,23 +32,14 @@ def send(client, body=None, **kw):
     return status, json.loads(raw)
 
 
-@pytest.fixture(params=["local", "gs"])
-def feedback_uri(request, tmp_path):
-    if request.param == "local":
-        return str(tmp_path / "feedback")
-    fake_gcs = request.getfixturevalue("fake_gcs")
-    fake_gcs.make_bucket("digitdraw-feedback")
-    return f"gs://digitdraw-feedback/{os.urandom(6).hex()}"
-
-
-def test_a_correction_is_stored_once_as_the_input_the_model_saw(trained_store, feedback_uri):
-    app, client = make_client(trained_store, feedback_uri)
+def test_a_correction_is_stored_once_as_the_input_the_model_saw(trained_store, store_uri):
+    app, client = make_client(trained_store, store_uri)
     version = app.model_holder.current.version
     body = {"image": data_url(SEVEN), "label": 1, "predicted": 7, "model_version": version, "client_id": "w-1",
             "strokes": [[[0.5, 0.1], [0.5, 0.9]]]}
     status, answer = send(client, body)
     assert status == 201 and answer["status"] == "stored"
-    store = open_store(feedback_uri)
+    store = open_store(store_uri)
     record = json.loads(store.read(contract.record_key(answer["id"])))
     pixels = np.frombuffer(base64.b64decode(record["pixels"]), np.uint8).reshape(28, 28)
     expected = contract.to_pixels(preprocess.preprocess(SEVEN, preprocess.Limits(10 ** 6)))

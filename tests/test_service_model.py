@@ -80,6 +80,7 @@ def test_not_ready_until_the_gcs_bucket_exists(fake_gcs, trained_store, tmp_path
         assert predict(server.url).json()["model_version"] == version
 
 
+@pytest.mark.slow  # waits out the GCS client's bounded retries
 def test_unreachable_gcs_host_is_logged_and_not_ready(tmp_path):
     # Nothing listens on a free port: every connection is refused.
     with ServiceProcess(str(tmp_path), MODEL_URI="gs://some-bucket/models",

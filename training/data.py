@@ -175,7 +175,8 @@ def _fetch_gcs(uri, data_dir, log):
     os.makedirs(local, exist_ok=True)
     found = 0
     try:
-        for name in (base + ext for base in (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS) for ext in ("", ".gz")):
+        bases = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
+        for name in (base + ext for base in bases for ext in ("", ".gz")):
             md5 = store.md5(name)
             if md5 is None:
                 continue

@@ -9,8 +9,9 @@ model in about 0.65x the float model's time here, in a file a quarter the size:
 - reduce_range (7-bit weights): CPUs with AVX2 but no VNNI, which GKE's e2 machines may
   be, multiply uint8 by int8 with an instruction that saturates on full-range weights.
 
-The input and output stay the store contract's float32 tensors, so the service is unchanged. ``check`` compares the two models on held-out digits; the caller
-publishes the int8 model only if it passes, and the float one otherwise.
+The input and output stay the store contract's float32 tensors, so the service is
+unchanged. ``check`` compares the two models on held-out digits; the caller publishes the
+int8 model only if it passes, and the float one otherwise.
 """
 import logging
 import os

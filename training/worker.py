@@ -132,8 +132,8 @@ def train_loop_per_worker(config):
             print("warm start: initial weights loaded", flush=True)
 
     val_x, val_y = data["val_x"][rank::world], data["val_y"][rank::world]
-    real_y = data.get("real_y")
-    real_x, real_y = (data["real_x"][rank::world], real_y[rank::world]) if real_y is not None else (val_x[:0], val_y[:0])
+    # The real-drawings holdout (--feedback), scored like validation; empty without one.
+    real_x, real_y = data.get("real_x", val_x[:0])[rank::world], data.get("real_y", val_y[:0])[rank::world]
     t_start = config["t0"]
     for epoch in range(start_epoch, epochs + 1):
         # Seeded per rank and epoch, so a resumed epoch sees the same augmentation.
