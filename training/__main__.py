@@ -215,11 +215,14 @@ def main(argv=None):
     # ---- export, quantize, and publish if it beats the champion ---------------------------
     from service.contract import model_input
     from training.champion import Gate, scores
-    from training.export import check_parity, export_onnx
+    from training.export import ParityError, check_parity, export_onnx
     from training.publish import publish
 
     onnx_bytes = export_onnx(model)
-    diff = check_parity(model, onnx_bytes, torch.from_numpy(model_input(data.val_x[:256])))
+    try:
+        diff = check_parity(model, onnx_bytes, torch.from_numpy(model_input(data.val_x[:256])))
+    except ParityError as e:
+        sys.exit(f"error: run {run_name}: {e}")
     log(f"export: {len(onnx_bytes):,} bytes of ONNX; ONNX Runtime matches torch within {diff:.1e}")
     quantization = {"scheme": "none"}
     if args.quantize == "int8":

@@ -160,9 +160,9 @@ def warm_start(init_from, stores):
         parent, name = path.rsplit("/", 1)
         try:
             data = open_store(parent).read(name)
-        except StoreNotFound:
-            raise ValueError(f"--init-from {init_from}: no checkpoint at {path}; pass a checkpoint file or "
-                             f"directory, latest, or none") from None
+        except StoreError as e:  # missing, or its directory or bucket is
+            raise ValueError(f"--init-from {init_from}: no checkpoint at {path} ({e}); pass a checkpoint file "
+                             f"or directory, latest, or none") from None
         where = path
     try:
         state = load_bytes(data)
