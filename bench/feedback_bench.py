@@ -31,6 +31,7 @@ import datetime
 import io
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -80,6 +81,8 @@ def parse_args():
                          "published beside LATEST's model, or the URI of a checkpoint for a store published "
                          "without one (default latest)")
     ap.add_argument("--mnist-test", default=None, help="directory with the official t10k IDX files")
+    ap.add_argument("--retrain-args", default=" ".join(RETRAIN_ARGS),
+                    help=f"training flags of the retraining (default {' '.join(RETRAIN_ARGS)!r}, as make retrain)")
     ap.add_argument("--out", default=None, help="result file (default bench/results/feedback-<UTC>.json)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (store copy, feedback, runs)")
     return ap.parse_args()
@@ -137,11 +140,11 @@ def send_corrections(url, corrections, pngs):
     return {**counts, "sent": len(corrections), "wrong_before": wrong, "by_item": summary(records)}
 
 
-def retrain(store, feedback, runs, init_from, log_path):
+def retrain(store, feedback, runs, init_from, log_path, retrain_args):
     """Run the retraining CLI, echoing its output; returns (wall seconds, exit code, command,
     what it said of promoting the new version)."""
     cmd = [sys.executable, "-m", "training", "--data", "bundled", "--feedback", feedback, "--init-from", init_from,
-           "--publish", store, "--storage-path", runs, *RETRAIN_ARGS]
+           "--publish", store, "--storage-path", runs, *retrain_args]
     print(f"retrain: {' '.join(cmd[1:])}", flush=True)
     started = time.monotonic()
     with open(log_path, "w") as log:
@@ -293,7 +296,8 @@ def main():
             flush=True)
         sent = send_corrections(server.url, corrections, correction_pngs)
 
-        wall_s, code, cmd, verdict = retrain(store, feedback, runs, args.init_from, os.path.join(tmp, "retrain.log"))
+        wall_s, code, cmd, verdict = retrain(store, feedback, runs, args.init_from, os.path.join(tmp, "retrain.log"),
+                                            shlex.split(args.retrain_args))
         if code != 0:
             sys.exit(f"error: retraining exited with {code} after {wall_s} s (its output is above)")
         pointer, _ = open_store(store).read_latest()
@@ -319,7 +323,7 @@ def main():
 
     host["load_average_at_end"] = os.getloadavg()  # the CPUs are shared: how busy they were is part of the result
     result = {"machine": host, "source_store": source.uri, "init_from": args.init_from,
-              "retrain_args": RETRAIN_ARGS, "targets": TARGETS, "corrections": sent, "retrain": retrained,
+              "retrain_args": shlex.split(args.retrain_args), "targets": TARGETS, "corrections": sent, "retrain": retrained,
               "eval": {"writers": args.eval_writers, "writings": len(eval_drawings)},
               "before": before, "after": after}
     result["targets_met"] = verdicts(result)

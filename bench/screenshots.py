@@ -8,6 +8,7 @@ service reads it, and the page is captured with its answer.
 """
 import argparse
 import os
+import tempfile
 
 from bench.handwriting import DIGITS, place
 from bench.page import draw_mouse, draw_touch, launch_browser, wait_for_answer
@@ -25,7 +26,9 @@ def main():
 
     from playwright.sync_api import sync_playwright
 
-    server = None if args.url else service(os.path.abspath(args.model_uri)).wait_ready()
+    # With a feedback store, so the page offers its "Wrong?" control as deployed.
+    feedback = tempfile.mkdtemp(prefix="screenshots-feedback-")
+    server = None if args.url else service(os.path.abspath(args.model_uri), FEEDBACK_URI=feedback).wait_ready()
     url = (args.url or server.url).rstrip("/")
     os.makedirs(args.out_dir, exist_ok=True)
     try:
@@ -42,7 +45,7 @@ def main():
             print(f"{path}: reads {read}")
             page.context.close()
 
-            context = browser.new_context(viewport={"width": 360, "height": 740}, device_scale_factor=2,
+            context = browser.new_context(viewport={"width": 360, "height": 640}, device_scale_factor=2,
                                           is_mobile=True, has_touch=True)
             page = context.new_page()
             page.goto(url)

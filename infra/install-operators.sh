@@ -30,6 +30,10 @@ run kubectl apply -f "$KOURIER_URL/kourier.yaml"
 run kubectl patch configmap/config-network --namespace knative-serving --type merge \
   --patch '{"data":{"ingress-class":"kourier.ingress.networking.knative.dev"}}'
 run kubectl wait --for condition=Available --timeout 300s --namespace knative-serving deployment --all
+# Kourier's load balancer keeps the client's address (externalTrafficPolicy Local), so the
+# address Envoy appends to X-Forwarded-For is the client's: the feedback rate limit counts by it.
+run kubectl patch service/kourier --namespace kourier-system --type merge \
+  --patch '{"spec":{"externalTrafficPolicy":"Local"}}'
 
 step "default domain (sslip.io on Kourier's load balancer IP)"
 run kubectl apply -f "$KNATIVE_SERVING_URL/serving-default-domain.yaml"

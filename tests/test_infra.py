@@ -118,6 +118,8 @@ def test_dry_run_of_everything_prints_the_pinned_versions_and_steps(fake_tools):
         "kubectl apply -f https://github.com/knative/serving/releases/download/knative-v1.23.0/serving-core.yaml",
         "kubectl apply -f https://github.com/knative/net-kourier/releases/download/knative-v1.23.0/kourier.yaml",
         "ingress-class\":\"kourier.ingress.networking.knative.dev",
+        "kubectl patch service/kourier --namespace kourier-system --type merge --patch "
+        "'{\"spec\":{\"externalTrafficPolicy\":\"Local\"}}'",
         "knative-v1.23.0/serving-default-domain.yaml",
         f"--patch-file {INFRA}/knative-features.yaml",
         f"gcloud artifacts repositories create {CONFIG['AR_REPO']} --repository-format docker --location {r}",
