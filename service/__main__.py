@@ -3,9 +3,9 @@
 Configuration is environment variables only; ``python -m service --help`` lists them.
 
 Granian parses HTTP and keeps connections in Rust; the front (service/front.py) reads
-each request's body on the event loop and hands the request to the WSGI app on a request
-thread. Measured against gunicorn's gthread worker on the same app, Granian used about two
-thirds of the CPU per request (docs/benchmarks.md; gunicorn's HTTP parsing is Python).
+each request's body on the event loop before the WSGI app sees the request. Measured
+against gunicorn's gthread worker on the same app, Granian used about two thirds of the
+CPU per request (gunicorn's HTTP parsing is Python).
 
 The app is imported once in the main process and the workers are forked from it, so
 the imports that dominate a cold start are paid once. Each worker then takes its

@@ -65,7 +65,7 @@ SETTINGS = [
     ("LOG_LEVEL", "info", _level, "debug, info, warning or error"),
     ("FRONTEND_DIR", os.path.join(ROOT, "frontend"), _text, "static files served at /"),
     ("WEB_CONCURRENCY", "1", _int(1), "worker processes"),
-    ("THREADS", "1", _int(1), "request threads per worker (liveness is answered beside them)"),
+    ("THREADS", "1", _int(1), "threads per worker for requests that wait on a store (POST /feedback)"),
     ("GRACEFUL_TIMEOUT", "20", _int(1), "seconds in-flight requests get to finish after SIGTERM"),
 ]
 

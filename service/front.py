@@ -3,17 +3,21 @@
 - **The body is read here, on the event loop**, with a deadline (READ_TIMEOUT_SECONDS) and
   the size limit (MAX_BODY_BYTES, whether the client sent a Content-Length or chunks). A
   stalled upload is a waiting coroutine, not a blocked thread, and gets 408 when its time
-  is up; an oversized one gets 413 (its rest is read and dropped, within the deadline). Granian's own
-  header-read timeout (the same setting) closes connections that never finish their headers.
-- **Requests run on THREADS request threads** once their body is in: the app is plain WSGI
-  (Flask), and the event loop only moves bytes. Liveness, ``GET /healthz``, runs on the
-  event loop itself, so it answers while every request thread is busy.
+  is up; an oversized one gets 413 (its rest is read and dropped, within the deadline).
+  Granian's own header-read timeout (the same setting) closes connections that never
+  finish their headers.
+- **Then the app runs** (plain WSGI: Flask) on the event loop itself, for every request but
+  those that wait on a store (WAITS_ON_A_STORE: POST /feedback), which run on THREADS
+  request threads. Every other request costs milliseconds of CPU at most (the image limits
+  bound it, docs/serving.md), so liveness waits behind at most one of them, and never
+  behind a slow upload or a slow bucket. Handing every request to a thread instead cost
+  0.3-0.5 ms of CPU per request more (docs/benchmarks.md).
 
 Errors found here (408, 413) go through the app with the request (``REJECTED``), so they get
 the same JSON body, request id, headers, metrics and log line as every other response.
 
-Why not asgiref's WsgiToAsgi or a2wsgi: both hand every request to a thread as well, but
-neither bounds the time a body may take, which is the point of this layer.
+Why not asgiref's WsgiToAsgi or a2wsgi: neither bounds the time a body may take, which is
+the point of this layer, and both hand every request to a thread, the cost measured above.
 """
 import asyncio
 import io
@@ -22,7 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .wsgi import REJECTED
 
-LIVENESS = "/healthz"
+# Requests that wait on the network (a GCS write can take seconds): they run on the request
+# threads, so the event loop, and every other request, never waits for a bucket.
+WAITS_ON_A_STORE = {"/feedback"}
 
 
 class _Reading:
@@ -52,10 +58,10 @@ class Front:
                                                    "send a smaller image")
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
-        if scope.path == LIVENESS:
-            status, headers, data = self._call(environ)
-        else:
+        if scope.path in WAITS_ON_A_STORE:
             status, headers, data = await asyncio.get_running_loop().run_in_executor(self.pool, self._call, environ)
+        else:
+            status, headers, data = self._call(environ)
         protocol.response_bytes(status, headers, data)
 
     async def _body(self, scope, protocol, reading):
@@ -67,6 +73,8 @@ class Front:
             if not length.isdigit() or int(length) == 0:
                 return b""  # hyper refuses a malformed length; an empty body needs no reading
             reading.too_large = int(length) > self.max_body
+            if not reading.too_large:
+                return await protocol()  # one await: Granian collects it, cheaper than chunk by chunk
         elif "chunked" not in scope.headers.get("transfer-encoding", ""):
             return b""
         chunks, size = [], 0
