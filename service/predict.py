@@ -19,8 +19,16 @@ def register(app, holder, cfg):
         if model is None:
             raise not_ready()
         images, want_preview, batch = payload.parse_predict(request, max_batch)
-        limits = preprocess.Limits(cfg["MAX_IMAGE_PIXELS"], cfg["MAX_IMAGE_SIDE"], cfg["MAX_BATCH_PIXELS"])
         request.environ[MODEL_VERSION] = model.version
+        limits = preprocess.Limits(cfg["MAX_IMAGE_PIXELS"], cfg["MAX_IMAGE_SIDE"])
+        if batch:  # every image's header first, so a batch over its pixels costs no decoding
+            total = preprocess.Limits(cfg["MAX_IMAGE_PIXELS"], cfg["MAX_IMAGE_SIDE"], cfg["MAX_BATCH_PIXELS"])
+            for i, data in enumerate(images):
+                try:
+                    total.charge(*preprocess.size(data))
+                except ApiError as e:
+                    e.message = f"images[{i}]: {e.message}"
+                    raise
         inputs = []
         for i, data in enumerate(images):
             try:

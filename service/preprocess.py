@@ -81,6 +81,22 @@ class Limits:
             self.left -= cost
 
 
+def size(data):
+    """(width, height, format, progressive) of PNG/JPEG ``data`` from its header alone.
+    Raises ApiError 400/415 as ``decode`` would."""
+    fmt = sniff_format(data)
+    head = png.header(data) if fmt == "PNG" else None
+    if head is not None:
+        return head.width, head.height, fmt, False
+    try:
+        with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+            return im.size[0], im.size[1], fmt, bool(im.info.get("progression"))
+    except Image.DecompressionBombError:  # over Pillow's own bound: charging it says 413
+        return 1 << 16, 1 << 16, fmt, False
+    except Exception as e:  # Pillow raises many types on malformed headers
+        raise ApiError("not_an_image", f"cannot read the {fmt} header ({e}); send a complete PNG or JPEG") from None
+
+
 def decode(data, limits):
     """Decode PNG/JPEG ``data`` into a loaded PIL image (first frame if animated).
 
