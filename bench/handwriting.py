@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from service.contract import scale
 from training.data import SAMPLE_DIR, TRAIN_IMAGES, TRAIN_LABELS, read_pair
 
 
@@ -182,7 +183,7 @@ def mnist_to_strokes(image, upscale=4, threshold=0.5, step=4):
     from PIL import Image
 
     big = Image.fromarray(np.asarray(image, dtype=np.uint8)).resize((28 * upscale,) * 2, Image.BILINEAR)
-    ink = np.asarray(big, dtype=float) / 255 >= threshold
+    ink = scale(big) >= threshold
     strokes = []
     for path in trace(skeletonize(ink)):
         pts = smooth(path)

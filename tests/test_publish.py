@@ -292,3 +292,22 @@ def test_pointer_conflict_is_raised_when_latest_keeps_moving(tmp_path):
         publish(tiny_onnx("unlucky"), meta_for(0.97), [uri], log=log, attempts=3)
     assert len(rounds) == 3
     assert latest(uri).endswith(sha256_hex(tiny_onnx("rival-3"))[:8])  # the last rival holds LATEST
+
+
+def test_publishing_the_same_model_again_publishes_and_moves_nothing(store_uri):
+    """A finished run rerun exports byte-identical bytes: no new version, LATEST unmoved,
+    no history entry, and the log says so."""
+    from training import registry
+
+    onnx_bytes = tiny_onnx("rerun")
+    first = publish(onnx_bytes, meta_for(0.99), [store_uri], log=quiet())
+    store = open_store(store_uri)
+    moves = registry.history(store)
+    lines = []
+    again = publish(onnx_bytes, meta_for(0.99), [store_uri], log=quiet(lines))
+    assert store.list_versions() == [first["version"]]
+    assert latest(store_uri) == first["version"] and registry.history(store) == moves
+    outcome = again["stores"][store_uri]
+    assert outcome["previous"] == first["version"] and first["version"] in outcome["reason"]
+    assert any("already holds this model" in line and "not publishing or promoting it again" in line
+               for line in lines), lines
