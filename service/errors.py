@@ -47,8 +47,13 @@ class ApiError(Exception):
         return error_body(self.code, self.message)
 
 
-def not_ready():
-    return ApiError("model_not_ready", "no verified model is loaded yet; retry in a few seconds")
+def loaded_model(holder):
+    """The Model ``holder`` serves now, read once so that a hot swap never lands inside a
+    request; a 503 model_not_ready ApiError while none is loaded."""
+    model = holder.current
+    if model is None:
+        raise ApiError("model_not_ready", "no verified model is loaded yet; retry in a few seconds")
+    return model
 
 
 def register(app, max_body_bytes):

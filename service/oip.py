@@ -11,7 +11,7 @@ import numpy as np
 from flask import request
 
 from . import contract, payload
-from .errors import ApiError, json_response, not_ready
+from .errors import ApiError, json_response, loaded_model
 from .model import softmax
 from .wsgi import MODEL_VERSION
 
@@ -20,12 +20,6 @@ PROBABILITIES = "probabilities"
 
 
 def register(app, holder, max_batch):
-    def model_or_503():
-        model = holder.current
-        if model is None:
-            raise not_ready()
-        return model
-
     @app.get("/v2")
     def v2_server():
         return json_response({"name": NAME, "version": "1", "extensions": []})
@@ -36,17 +30,17 @@ def register(app, holder, max_batch):
 
     @app.get("/v2/health/ready")
     def v2_ready():
-        model_or_503()
+        loaded_model(holder)
         return json_response({"ready": True})
 
     @app.get(f"/v2/models/{NAME}/ready")
     def v2_model_ready():
-        model_or_503()
+        loaded_model(holder)
         return json_response({"name": NAME, "ready": True})
 
     @app.get(f"/v2/models/{NAME}")
     def v2_model():
-        model = model_or_503()
+        model = loaded_model(holder)
         return json_response({
             "name": NAME, "versions": [model.version], "platform": "onnxruntime_onnx",
             "inputs": [{"name": model.input_name, "datatype": "FP32", "shape": [-1, *contract.INPUT_SHAPE[1:]]}],
@@ -55,7 +49,7 @@ def register(app, holder, max_batch):
 
     @app.post(f"/v2/models/{NAME}/infer")
     def v2_infer():
-        model = model_or_503()
+        model = loaded_model(holder)
         if request.headers.get("Inference-Header-Content-Length") or request.mimetype != "application/json":
             raise ApiError("unsupported_media_type",
                            "send the inference request as application/json; the binary tensor extension "

@@ -3,7 +3,7 @@ import os
 
 from flask import Response
 
-from .errors import json_response, not_ready
+from .errors import json_response, loaded_model
 
 OPENAPI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "openapi.json")
 # What /model tells anyone: enough to know which model answers and how good it is. The rest
@@ -15,25 +15,19 @@ def register(app, holder, feedback_on):
     with open(OPENAPI, "rb") as f:
         openapi_doc = f.read()
 
-    def model_or_503():
-        model = holder.current
-        if model is None:
-            raise not_ready()
-        return model
-
     @app.get("/healthz")
     def healthz():
         return json_response({"status": "alive"})
 
     @app.get("/readyz")
     def readyz():
-        model = model_or_503()
+        model = loaded_model(holder)
         return json_response({"status": "ready", "model_version": model.version, "mode": holder.mode,
                               "feedback": feedback_on})
 
     @app.get("/model")
     def model_info():
-        meta = model_or_503().meta
+        meta = loaded_model(holder).meta
         public = {k: meta[k] for k in PUBLIC_META if k in meta}
         public["quantization"] = meta.get("quantization", {}).get("scheme", "none")
         return json_response({**public, "mode": holder.mode})

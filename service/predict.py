@@ -5,7 +5,7 @@ import numpy as np
 from flask import request
 
 from . import payload, preprocess
-from .errors import ApiError, json_response, not_ready
+from .errors import ApiError, json_response, loaded_model
 from .model import softmax
 from .wsgi import MODEL_VERSION
 
@@ -15,9 +15,7 @@ def register(app, holder, cfg):
 
     @app.post("/predict")
     def predict():
-        model = holder.current  # read once: a hot swap never lands inside a request
-        if model is None:
-            raise not_ready()
+        model = loaded_model(holder)
         images, want_preview, batch = payload.parse_predict(request, max_batch)
         request.environ[MODEL_VERSION] = model.version
         limits = preprocess.Limits(cfg["MAX_IMAGE_PIXELS"], cfg["MAX_IMAGE_SIDE"])

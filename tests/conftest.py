@@ -6,6 +6,7 @@
   (Ray Train, 2 workers, bundled data) and published to a local store.
 """
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -126,6 +127,14 @@ def trained_store(tmp_path_factory):
         raise RuntimeError(f"training for the test model failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     assert os.path.exists(os.path.join(store, "models", "LATEST")), result.stdout[-2000:]
     return store
+
+
+@pytest.fixture
+def store(trained_store, tmp_path):
+    """A private copy of the trained store, so a test that publishes or moves LATEST disturbs no other."""
+    path = tmp_path / "store"
+    shutil.copytree(trained_store, path)
+    return str(path)
 
 
 # What makes a test slow: a model trained in this run, or fake-gcs-server. Such tests are

@@ -418,6 +418,20 @@ def test_bad_store_uri_and_invalid_latest(store_uri):
     one_error_line(result, contract.LATEST, "not a valid pointer")
 
 
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    # `registry list | head`: the pipe's reader is gone before the table is written.
+    uri = str(tmp_path / "store")
+    publish_in_turn(uri, 0.99)
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run([sys.executable, "-m", "training.registry", "--store", uri, "list"], cwd=ROOT,
+                                stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert result.returncode == registry.EXIT_OK and result.stderr == "", result.stderr
+
+
 def test_store_defaults_to_model_uri_and_may_follow_the_command(store_uri, tmp_path):
     version, = publish_in_turn(store_uri, 0.99)
     env = {**os.environ, "MODEL_URI": store_uri}

@@ -22,14 +22,6 @@ from service_helpers import ServiceProcess, data_url, draw_digit, latest_version
 SEVEN = png_bytes(draw_digit(7))
 
 
-@pytest.fixture
-def store(trained_store, tmp_path):
-    """A private copy of the trained store, so publishing here disturbs no other test."""
-    path = tmp_path / "store"
-    shutil.copytree(trained_store, path)
-    return str(path)
-
-
 def predict(url, timeout=10):
     return requests.post(url + "/predict", json={"image": data_url(SEVEN)}, timeout=timeout)
 

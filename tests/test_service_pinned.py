@@ -4,7 +4,6 @@ registry's promote and rollback move a following service, never a pinned one. Tw
 Knative Service, on one machine."""
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -18,13 +17,6 @@ from service_helpers import ServiceProcess, data_url, draw_digit, latest_version
 pytestmark = pytest.mark.slow
 
 SEVEN = png_bytes(draw_digit(7))
-
-
-@pytest.fixture
-def store(trained_store, tmp_path):
-    path = tmp_path / "store"
-    shutil.copytree(trained_store, path)
-    return str(path)
 
 
 def serving(server):

@@ -33,13 +33,6 @@ SEVEN = png_bytes(draw_digit(7))
 
 
 @pytest.fixture
-def store(trained_store, tmp_path):
-    path = tmp_path / "store"
-    shutil.copytree(trained_store, path)
-    return str(path)
-
-
-@pytest.fixture
 def server(store, tmp_path):
     with ServiceProcess(str(tmp_path), MODEL_URI=store, FEEDBACK_URI=str(tmp_path / "feedback"), **DEPLOYED) as s:
         s.wait_ready()

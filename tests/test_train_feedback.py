@@ -9,7 +9,6 @@ worse challenger kept out of LATEST.
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -60,13 +59,6 @@ def feedback(trained_store, tmp_path_factory):
     with open(os.path.join(uri, contract.record_key(corrupt)), "w") as f:
         f.write("{not json")
     return uri, {"rejected": rejected, "corrupt": corrupt, "all": ids}
-
-
-@pytest.fixture
-def store(trained_store, tmp_path):
-    path = tmp_path / "store"
-    shutil.copytree(trained_store, path)
-    return str(path)
 
 
 def test_retraining_uses_the_corrections_and_warm_starts_from_latest(store, feedback, tmp_path):

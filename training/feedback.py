@@ -33,7 +33,7 @@ import numpy as np
 from service import contract
 from service.store import AlreadyExists, LocalStore, StoreError, StoreNotFound, StoreUnreachable, open_store
 from training.registry import (EXIT_INVALID, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, RegistryError,
-                               _dump, _fail, _now, _Parser, _table, actor)
+                               _dump, _now, _Parser, _table, actor, run_cli)
 
 HOLDOUT_SHARE = 0.2  # of writers (client ids), held out as the real-drawings validation set
 READERS = 16         # records read at once: a GCS read is a round trip of tens of ms
@@ -657,30 +657,7 @@ def _check_mounted(store):
 
 def main(argv=None):
     """Run the review CLI; returns the exit code (EXIT_*)."""
-    args = parser().parse_args(argv)
-    try:
-        store = open_store(args.store)
-    except ValueError as e:
-        return _fail(f"{e} (--store or env FEEDBACK_URI)", EXIT_USAGE)
-
-    def named(e):
-        return str(e) if store.uri in str(e) else f"{store.uri}: {e}"
-
-    try:
-        _check_mounted(store)
-        return args.run(store, args)
-    except RegistryError as e:
-        return _fail(named(e), e.exit_code)
-    except StoreNotFound as e:  # deleted between listing and reading
-        return _fail(f"{named(e)}; run list to see the records", EXIT_NOT_FOUND)
-    except StoreUnreachable as e:
-        return _fail(f"{named(e)}; check the store URI (--store or env FEEDBACK_URI), the network and the "
-                     "credentials", EXIT_UNREACHABLE)
-    except StoreError as e:
-        return _fail(named(e), EXIT_INVALID)
-    except BrokenPipeError:  # the reader (head, less) stopped reading: not a failure
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail too
-        return EXIT_OK
+    return run_cli(parser().parse_args(argv), "FEEDBACK_URI", check=_check_mounted)
 
 
 if __name__ == "__main__":

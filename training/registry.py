@@ -22,7 +22,7 @@ import os
 import socket
 import sys
 
-from service import contract
+from service import config, contract
 from service.store import (AlreadyExists, PointerConflict, StoreError, StoreNotFound, StoreUnreachable, load_verified,
                            open_store)
 
@@ -115,7 +115,7 @@ EXIT_CONFLICT = 5
 EXIT_UNVERIFIED = 6
 EXIT_NO_PREVIOUS = 7
 
-DEFAULT_STORE = "model-store"  # the service's MODEL_URI default, so both see the same local store
+DEFAULT_STORE = config.load({})["MODEL_URI"]  # the service's own default, so both see the same local store
 RECENT = 3  # prune keeps the last RECENT distinct versions LATEST named: somewhere to roll back to
 
 DESCRIPTION = """The model registry of a model store: list its versions, show one, promote one to
@@ -423,29 +423,44 @@ def _fail(message, code):
     return code
 
 
-def main(argv=None):
-    """Run the CLI; returns the exit code (EXIT_*)."""
-    args = parser().parse_args(argv)
+def run_cli(args, env, check=None):
+    """Open the store `args.store` names and return `args.run(store, args)`'s exit code.
+
+    Shared by this CLI and the feedback review CLI: every store error becomes one line on stderr
+    that names the store, and its own exit code. `env` is the variable --store defaults to;
+    `check(store)`, if given, runs first.
+    """
     try:
         store = open_store(args.store)
     except ValueError as e:
-        return _fail(f"{e} (--store or env MODEL_URI)", EXIT_USAGE)
+        return _fail(f"{e} (--store or env {env})", EXIT_USAGE)
 
     def named(e):
         return str(e) if store.uri in str(e) else f"{store.uri}: {e}"
 
     try:
+        if check:
+            check(store)
         return args.run(store, args)
+    except BrokenPipeError:  # `list | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except RegistryError as e:
         return _fail(named(e), e.exit_code)
+    except StoreNotFound as e:  # deleted between listing and reading
+        return _fail(f"{named(e)}; run list to see what the store holds", EXIT_NOT_FOUND)
     except StoreUnreachable as e:
-        return _fail(f"{named(e)}; check the store URI (--store or env MODEL_URI), the network and the credentials",
+        return _fail(f"{named(e)}; check the store URI (--store or env {env}), the network and the credentials",
                      EXIT_UNREACHABLE)
     except PointerConflict:
         return _fail(f"{store.uri}: another writer moved LATEST; run history and try again", EXIT_CONFLICT)
     except StoreError as e:
         return _fail(named(e), EXIT_INVALID)
 
+
+def main(argv=None):
+    """Run the CLI; returns the exit code (EXIT_*)."""
+    return run_cli(parser().parse_args(argv), "MODEL_URI")
 
 if __name__ == "__main__":
     sys.exit(main())
