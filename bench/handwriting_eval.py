@@ -29,7 +29,7 @@ import time
 from collections import Counter
 
 from bench.handwriting import VARIANTS, validation_digits
-from bench.page import accuracy, launch_browser, replay_handwriting
+from bench.page import accuracy, launch_browser, replay_handwriting, require_chromium
 from bench import ROOT
 from bench.servers import service
 
@@ -102,6 +102,7 @@ def main():
     args = parse_args()
     # Stopped with SIGTERM, still stop the service we started (the finally below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    require_chromium()
     images, labels, indices = validation_digits(args.count)
     print(f"handwriting eval: {len(images)} held-out digits, "
           f"{'every variant' if args.every_variant else 'one variant each (round robin)'}", flush=True)

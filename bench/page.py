@@ -23,9 +23,16 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
 
 
-def launch_browser(playwright):
+def require_chromium():
+    """Exit with one line if Chromium is missing: call it before starting worker processes,
+    where an exit would leave their pool waiting for a result."""
     if not os.path.exists(CHROMIUM):
-        raise SystemExit(f"error: no Chromium at {CHROMIUM}; install Debian's (apt-get install chromium)")
+        raise SystemExit(f"error: no Chromium at {CHROMIUM}; install Debian's (apt-get install chromium, or make "
+                         "browser)")
+
+
+def launch_browser(playwright):
+    require_chromium()
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
 
 
