@@ -33,7 +33,7 @@ import numpy as np
 from service import contract
 from service.store import AlreadyExists, LocalStore, StoreError, StoreNotFound, StoreUnreachable, open_store
 from training.registry import (EXIT_INVALID, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, RegistryError,
-                               _dump, _now, _Parser, _table, actor, run_cli)
+                               _dump, _now, _table, actor, run_cli, store_cli)
 
 HOLDOUT_SHARE = 0.2  # of writers (client ids), held out as the real-drawings validation set
 READERS = 16         # records read at once: a GCS read is a round trip of tens of ms
@@ -601,20 +601,8 @@ def _reason(text):
 
 
 def parser():
-    store_help = ("the feedback store: a directory, a PVC mount or gs://bucket/prefix "
-                  f"(env FEEDBACK_URI; default {DEFAULT_STORE})")
-    after = _Parser(add_help=False)  # --store also after the command; the top-level default stands
-    after.add_argument("--store", default=argparse.SUPPRESS, help=store_help)
-    top = _Parser(prog="python -m training.feedback", description=DESCRIPTION, epilog=EPILOG,
-                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    top.add_argument("--store", default=os.environ.get("FEEDBACK_URI", "").strip() or DEFAULT_STORE, help=store_help)
-    commands = top.add_subparsers(dest="name", required=True, metavar="COMMAND")
-
-    def command(name, fn, text):
-        sub = commands.add_parser(name, parents=[after], help=text, description=text, epilog=EPILOG,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.set_defaults(run=fn)
-        return sub
+    top, command = store_cli("python -m training.feedback", "feedback store", "FEEDBACK_URI", DEFAULT_STORE,
+                             DESCRIPTION, EPILOG)
 
     def filters(sub, limit):
         sub.add_argument("--day", type=_day, help="only the records sent on this day, YYYY-MM-DD (UTC)")

@@ -377,21 +377,30 @@ def _count(text):
     return n
 
 
-def parser():
-    store_help = ("the model store: a directory, a PVC mount or gs://bucket/prefix "
-                  f"(env MODEL_URI; default {DEFAULT_STORE})")
+def store_cli(prog, what, env, default, description, epilog):
+    """The top-level parser of a CLI over a store, shared with the feedback review CLI:
+    ``--store`` (before or after the command; env ``env``, then ``default``) and
+    ``command(name, fn, text, description=None)``, which adds a subcommand that runs
+    ``fn(store, args)`` through ``run_cli``. Returns (parser, command)."""
+    store_help = f"the {what}: a directory, a PVC mount or gs://bucket/prefix (env {env}; default {default})"
     after = _Parser(add_help=False)  # --store also after the command; the top-level default stands
     after.add_argument("--store", default=argparse.SUPPRESS, help=store_help)
-    top = _Parser(prog="python -m training.registry", description=DESCRIPTION, epilog=EPILOG,
+    top = _Parser(prog=prog, description=description, epilog=epilog,
                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    top.add_argument("--store", default=os.environ.get("MODEL_URI", "").strip() or DEFAULT_STORE, help=store_help)
+    top.add_argument("--store", default=os.environ.get(env, "").strip() or default, help=store_help)
     commands = top.add_subparsers(dest="name", required=True, metavar="COMMAND")
 
     def command(name, fn, text, description=None):
-        sub = commands.add_parser(name, parents=[after], help=text, description=description or text, epilog=EPILOG,
+        sub = commands.add_parser(name, parents=[after], help=text, description=description or text, epilog=epilog,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.set_defaults(run=fn)
         return sub
+    return top, command
+
+
+def parser():
+    top, command = store_cli("python -m training.registry", "model store", "MODEL_URI", DEFAULT_STORE, DESCRIPTION,
+                             EPILOG)
 
     sub = command("list", cmd_list, "every version, newest first: created, validation and real-drawings accuracy, "
                   "size, float or int8, * on the one LATEST names; a version whose model.json is missing or "
