@@ -52,7 +52,7 @@ import urllib.request
 import numpy as np
 
 from bench import ROOT, machine
-from bench.handwriting import VARIANTS, mnist_to_strokes, place, validation_digits
+from bench.handwriting import traced_drawings, validation_digits
 from bench.mnist_test_eval import evaluate, model_from_store
 from bench.page import render_canvases
 from bench.servers import service
@@ -243,12 +243,8 @@ TRACED_EVAL = slice(5000, 6000)  # of the official test set; the corrections are
 def traced_writings(images, labels, prefix, variant_offset=0):
     """MNIST digits traced into strokes (bench/handwriting.py) in the handwriting eval's
     VARIANTS, ten to a writer: drawings as bench/styles.py's ``drawings`` makes them."""
-    out = []
-    for k, (image, digit) in enumerate(zip(images, labels)):
-        v = VARIANTS[(k + variant_offset) % len(VARIANTS)]
-        out.append({"strokes": place(mnist_to_strokes(image), v["size"], v["center"]), "width": v["stroke"],
-                    "label": int(digit), "item": str(int(digit)), "writer": f"{prefix}{k // 10:04d}", "k": 0})
-    return out
+    return [{**drawing, "label": int(digit), "item": str(int(digit)), "writer": f"{prefix}{k // 10:04d}", "k": 0}
+            for k, (drawing, digit) in enumerate(zip(traced_drawings(images, variant_offset), labels))]
 
 
 def verdicts(result):

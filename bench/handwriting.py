@@ -207,6 +207,18 @@ VARIANTS = [
 ]
 
 
+def traced_drawings(images, offset=0):
+    """``images`` (MNIST digits) traced into pen strokes and placed in VARIANTS, round robin
+    from the ``offset``-th: dicts of ``strokes`` (pad fractions) and pen ``width``, the
+    input of bench/page.py's ``render_canvases``."""
+    out = []
+    for k, image in enumerate(images):
+        variant = VARIANTS[(k + offset) % len(VARIANTS)]
+        out.append({"strokes": place(mnist_to_strokes(image), variant["size"], variant["center"]),
+                    "width": variant["stroke"]})
+    return out
+
+
 def validation_digits(count=1000, every=1):
     """The held-out MNIST digits: the last ``count`` of training/sample (training never sees
     them), every ``every``-th one. Returns (images uint8 [n, 28, 28], labels int [n], indices)."""

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from bench.handwriting import VARIANTS, mnist_to_strokes, place
+from bench.handwriting import VARIANTS, mnist_to_strokes, place, traced_drawings
 
 from bench import ROOT
 
@@ -174,9 +174,4 @@ def render_canvases(drawings, rgba=False):
 def handwriting_canvases(images, rgba=False):
     """``images`` (MNIST digits) traced into strokes and written in the evaluation's
     VARIANTS, round robin, as ``render_canvases`` PNGs."""
-    drawings = []
-    for k, image in enumerate(images):
-        variant = VARIANTS[k % len(VARIANTS)]
-        drawings.append({"strokes": place(mnist_to_strokes(image), variant["size"], variant["center"]),
-                         "width": variant["stroke"]})
-    return render_canvases(drawings, rgba)
+    return render_canvases(traced_drawings(images), rgba)

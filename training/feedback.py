@@ -645,7 +645,7 @@ def _check_mounted(store):
 
 def main(argv=None):
     """Run the review CLI; returns the exit code (EXIT_*)."""
-    return run_cli(parser().parse_args(argv), "FEEDBACK_URI", check=_check_mounted)
+    return run_cli(parser().parse_args(argv), check=_check_mounted)
 
 
 if __name__ == "__main__":

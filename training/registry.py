@@ -388,6 +388,7 @@ def store_cli(prog, what, env, default, description, epilog):
     top = _Parser(prog=prog, description=description, epilog=epilog,
                   formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("--store", default=os.environ.get(env, "").strip() or default, help=store_help)
+    top.set_defaults(store_env=env)  # for run_cli's messages
     commands = top.add_subparsers(dest="name", required=True, metavar="COMMAND")
 
     def command(name, fn, text, description=None):
@@ -432,13 +433,14 @@ def _fail(message, code):
     return code
 
 
-def run_cli(args, env, check=None):
-    """Open the store `args.store` names and return `args.run(store, args)`'s exit code.
+def run_cli(args, check=None):
+    """Open the store `args.store` names and return `args.run(store, args)`'s exit code, for
+    arguments parsed by a ``store_cli`` parser.
 
     Shared by this CLI and the feedback review CLI: every store error becomes one line on stderr
-    that names the store, and its own exit code. `env` is the variable --store defaults to;
-    `check(store)`, if given, runs first.
+    that names the store, and its own exit code. `check(store)`, if given, runs first.
     """
+    env = args.store_env
     try:
         store = open_store(args.store)
     except ValueError as e:
@@ -452,7 +454,7 @@ def run_cli(args, env, check=None):
             check(store)
         return args.run(store, args)
     except BrokenPipeError:  # `list | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail too
         return EXIT_OK
     except RegistryError as e:
         return _fail(named(e), e.exit_code)
@@ -469,7 +471,8 @@ def run_cli(args, env, check=None):
 
 def main(argv=None):
     """Run the CLI; returns the exit code (EXIT_*)."""
-    return run_cli(parser().parse_args(argv), "MODEL_URI")
+    return run_cli(parser().parse_args(argv))
+
 
 if __name__ == "__main__":
     sys.exit(main())
