@@ -5,6 +5,8 @@
 import os
 import re
 
+from .contract import DEFAULT_MODEL_URI
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -47,7 +49,7 @@ def _version(name, raw):
 SETTINGS = [
     ("PORT", "8080", _int(0), "TCP port to listen on (Knative sets it)"),
     ("HOST", "0.0.0.0", _text, "address to bind (make run and the tests use 127.0.0.1)"),
-    ("MODEL_URI", "model-store", _text, "model store: a directory, a PVC mount or gs://bucket/prefix"),
+    ("MODEL_URI", DEFAULT_MODEL_URI, _text, "model store: a directory, a PVC mount or gs://bucket/prefix"),
     ("MODEL_VERSION", "", _version, "serve exactly this version and ignore LATEST (pinned); empty: follow LATEST"),
     ("MODEL_POLL_SECONDS", "30", _int(0), "how often to check LATEST for a new model; 0 turns polling off"),
     ("FEEDBACK_URI", "", _text, "feedback store for POST /feedback (directory or gs://bucket/prefix); empty: off"),

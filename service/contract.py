@@ -26,6 +26,9 @@ Records and markers are create-only: nothing the service writes is ever overwrit
 """
 import numpy as np
 
+# The local stores `make run`, the service, training and both CLIs use when none is named.
+DEFAULT_MODEL_URI, DEFAULT_FEEDBACK_URI = "model-store", "feedback-store"
+
 MODELS = "models"
 LATEST = f"{MODELS}/LATEST"
 HISTORY = "history"

@@ -19,6 +19,7 @@ use_local_ray_env()  # before Ray is imported: it reads them then
 
 from training.data import DATA_DIR_HELP, DATA_ERRORS, MIRRORS_HELP, SOURCE_HELP, load_mnist  # noqa: E402
 from training.feedback import HOLDOUT_SHARE  # noqa: E402
+from service import contract  # noqa: E402
 from service.contract import SIDE  # noqa: E402
 from service.store import StoreError, open_store  # noqa: E402
 
@@ -57,7 +58,7 @@ FLAGS = [
      "to it when the run directory is gone; none to disable"),
     ("--run-name", "RUN_NAME", "", str,
      "run name; reuse one to resume that run (default: a fresh digitdraw-<timestamp>)"),
-    ("--publish", "PUBLISH_URIS", "model-store", str,
+    ("--publish", "PUBLISH_URIS", contract.DEFAULT_MODEL_URI, str,
      "comma-separated model stores (dirs or gs://bucket/prefix) to publish the ONNX model to; none to skip "
      "export and publish"),
     ("--feedback", "FEEDBACK_URI", "none", str,

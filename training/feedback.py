@@ -156,7 +156,7 @@ def split(corrections, share=HOLDOUT_SHARE):
 # are numbers the registry does not use, so that a code means one thing in both CLIs.
 EXIT_AMBIGUOUS = 8  # an id prefix is the start of more than one record's id
 
-DEFAULT_STORE = "feedback-store"
+DEFAULT_STORE = contract.DEFAULT_FEEDBACK_URI
 ID_PREFIX = 8       # the fewest hex digits that may name a record
 SHORT_ID = 12       # hex digits of an id in list's table
 LIST_LIMIT, SHEET_LIMIT = 20, 50

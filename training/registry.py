@@ -22,7 +22,7 @@ import os
 import socket
 import sys
 
-from service import config, contract
+from service import contract
 from service.store import (AlreadyExists, PointerConflict, StoreError, StoreNotFound, StoreUnreachable, load_verified,
                            open_store)
 
@@ -115,7 +115,7 @@ EXIT_CONFLICT = 5
 EXIT_UNVERIFIED = 6
 EXIT_NO_PREVIOUS = 7
 
-DEFAULT_STORE = config.load({})["MODEL_URI"]  # the service's own default, so both see the same local store
+DEFAULT_STORE = contract.DEFAULT_MODEL_URI  # the service's own default, so both see the same local store
 RECENT = 3  # prune keeps the last RECENT distinct versions LATEST named: somewhere to roll back to
 
 DESCRIPTION = """The model registry of a model store: list its versions, show one, promote one to
