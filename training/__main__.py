@@ -160,8 +160,9 @@ def main(argv=None):
     log(f"train: run {run_name} -> {args.storage_path.rstrip('/')}/{run_name}"
         + (f" (mirror {mirror.rstrip('/')}/{run_name})" if mirror else "")
         + f"; {args.num_workers} worker(s), {'GPU' if args.use_gpu else 'CPU'}, {args.epochs} epochs")
+    val_sets = {"real": (real_x, real_y)} if len(real_y) else {}
     arrays = {"train_x": train_x, "train_y": train_y, "val_x": data.val_x, "val_y": data.val_y,
-              "real_x": real_x, "real_y": real_y, "init_model": init[0] if init else None}
+              "val_sets": val_sets, "init_model": init[0] if init else None}
     result = run_training(recipe, arrays, num_workers=args.num_workers, use_gpu=args.use_gpu,
                           storage_path=args.storage_path, run_name=run_name, checkpoint_mirror=mirror,
                           max_failures=args.max_failures, keep_checkpoints=args.keep_checkpoints, t0=t0)
@@ -188,11 +189,11 @@ def main(argv=None):
                "epoch": state["epoch"]}
     if data.test_x is not None:
         metrics["test_accuracy"] = evaluate(model, data.test_x, data.test_y, cpu)[0] / len(data.test_y)
-    real_confusion = None
-    if len(real_y):
-        real_correct, _, real_preds = evaluate(model, real_x, real_y, cpu)
-        metrics.update(real_accuracy=real_correct / len(real_y), real_count=int(len(real_y)))
-        real_confusion = confusion_matrix(real_y, real_preds)
+    confusions = {}
+    for name, (x, y) in val_sets.items():
+        set_correct, _, set_preds = evaluate(model, x, y, cpu)
+        metrics.update({f"{name}_accuracy": set_correct / len(y), f"{name}_count": int(len(y))})
+        confusions[name] = confusion_matrix(y, set_preds)
     history = state["history"]
     summary = {**metrics, "val_acc": val_acc, "run_name": run_name, "epochs": args.epochs,
                "train_wall_s": train_s, "ray_start_s": ray_start_s,
@@ -200,7 +201,7 @@ def main(argv=None):
                "last_epoch": (result.metrics or history[-1])["epoch"], "feedback": feedback_info or None,
                "warm_start": init[2] if init else None}
     report_uri = write_report(f"{args.storage_path.rstrip('/')}/{run_name}", history, summary,
-                              confusion_matrix(data.val_y, preds), real_confusion)
+                              confusion_matrix(data.val_y, preds), confusions)
     log(f"summary: run {run_name}: epoch {state['epoch']}/{args.epochs}, val accuracy {val_acc:.4f} "
         f"({correct}/{len(data.val_y)})"
         + (f", real drawings {metrics['real_accuracy']:.4f} of {len(real_y)}" if len(real_y) else "")

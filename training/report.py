@@ -3,7 +3,7 @@
     <run dir>/report/metrics.json          per-epoch metrics, final metrics, confusion matrix
     <run dir>/report/learning_curves.png   train loss, validation loss and accuracy per epoch
     <run dir>/report/confusion_matrix.png  validation confusion matrix of the exported model
-    <run dir>/report/real_confusion_matrix.png   the same on the real-drawings holdout (with --feedback)
+    <run dir>/report/<set>_confusion_matrix.png  the same on each other held-out set (e.g. real)
 
 The run directory may be local, a PVC or gs://; files are written through the store client.
 """
@@ -29,15 +29,16 @@ def plot_learning_curves(history):
     ax1.set_ylabel("cross-entropy")
     ax1.legend()
     ax1.grid(alpha=0.3)
-    ax2.plot(epochs, [100 * m["val_acc"] for m in history], marker="o", color="tab:green", label="MNIST validation")
-    real = [m for m in history if "real_acc" in m]
-    if real:
-        ax2.plot([m["epoch"] for m in real], [100 * m["real_acc"] for m in real], marker="o", color="tab:purple",
-                 label="real drawings (held-out writers)")
+    ax2.plot(epochs, [100 * m["val_acc"] for m in history], marker="o", label="MNIST validation")
+    names = sorted({k[:-len("_acc")] for m in history for k in m if k.endswith("_acc") and k != "val_acc"})
+    for name in names:
+        scored = [m for m in history if f"{name}_acc" in m]
+        ax2.plot([m["epoch"] for m in scored], [100 * m[f"{name}_acc"] for m in scored], marker="o", label=name)
+    if names:
         ax2.legend()
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("accuracy (%)")
-    lowest = min(100 * min(m["val_acc"], m.get("real_acc", 1.0)) for m in history)
+    lowest = min(100 * v for m in history for k, v in m.items() if k.endswith("_acc"))
     ax2.set_ylim(max(50.0, lowest - 1), 100)
     ax2.grid(alpha=0.3)
     for ax in (ax1, ax2):
@@ -70,19 +71,20 @@ def _png(fig):
     return buf.getvalue()
 
 
-def write_report(run_uri, history, summary, confusion, real_confusion=None):
+def write_report(run_uri, history, summary, confusion, confusions=None):
     """Write the report under ``<run_uri>/report``; returns the report directory path/URI.
-    ``real_confusion`` is the confusion matrix on the real-drawings holdout, if there is one."""
+    ``confusions`` maps each other held-out set's name to its confusion matrix, written as
+    ``<name>_confusion_matrix`` beside the validation one."""
     store = open_store(run_uri)
     report = {"epochs": history, "summary": summary, "confusion_matrix": confusion.tolist()}
     files = {
         "learning_curves.png": _png(plot_learning_curves(history)),
         "confusion_matrix.png": _png(plot_confusion(confusion, f"validation, accuracy {summary['val_acc']:.2%}")),
     }
-    if real_confusion is not None:
-        report["real_confusion_matrix"] = real_confusion.tolist()
-        files["real_confusion_matrix.png"] = _png(plot_confusion(
-            real_confusion, f"real drawings, accuracy {summary['real_accuracy']:.2%}"))
+    for name, cm in (confusions or {}).items():
+        report[f"{name}_confusion_matrix"] = cm.tolist()
+        accuracy = np.trace(cm) / max(1, cm.sum())
+        files[f"{name}_confusion_matrix.png"] = _png(plot_confusion(cm, f"{name}, accuracy {accuracy:.2%}"))
     files["metrics.json"] = json.dumps(report, indent=2).encode()
     for name, data in files.items():
         store.put(f"report/{name}", data)

@@ -74,8 +74,9 @@ def run_training(recipe, data, num_workers=2, use_gpu=False, storage_path="runs"
     """Train with Ray Train (ray.init must have been called); return the ray.train.Result.
 
     ``data`` holds numpy train_x/train_y/val_x/val_y (uint8 digits and labels), optionally
-    real_x/real_y (the real-drawings holdout, scored every epoch) and init_model (a state
-    dict to start from when the run has no checkpoint of its own); ``recipe`` overrides
+    val_sets (name -> (images, labels): other held-out sets, each scored every epoch as
+    ``<name>_acc``) and init_model (a state dict to start from when the run has no
+    checkpoint of its own); ``recipe`` overrides
     RECIPE. Checkpoints go to ``<storage_path>/<run_name>`` and, if given, to
     ``<checkpoint_mirror>/<run_name>``. ``loop`` is the per-worker function (default
     training/worker.py's), called with the recipe and the run's settings.

@@ -132,8 +132,8 @@ def train_loop_per_worker(config):
             print("warm start: initial weights loaded", flush=True)
 
     val_x, val_y = data["val_x"][rank::world], data["val_y"][rank::world]
-    # The real-drawings holdout (--feedback), scored like validation; empty without one.
-    real_x, real_y = data.get("real_x", val_x[:0])[rank::world], data.get("real_y", val_y[:0])[rank::world]
+    # Other held-out sets (name -> (images, labels)), scored like validation every epoch.
+    val_sets = {name: (x[rank::world], y[rank::world]) for name, (x, y) in (data.get("val_sets") or {}).items()}
     t_start = config["t0"]
     for epoch in range(start_epoch, epochs + 1):
         # Seeded per rank and epoch, so a resumed epoch sees the same augmentation.
@@ -160,8 +160,8 @@ def train_loop_per_worker(config):
 
         # Validation is sharded across ranks and summed, so every rank has the totals.
         correct, vloss, _ = evaluate(model, val_x, val_y, device)
-        real_correct = evaluate(model, real_x, real_y, device)[0] if len(real_y) else 0
-        totals = torch.tensor([correct, vloss, len(val_y), loss_sum.item(), batches, real_correct, len(real_y)],
+        sets = [(evaluate(model, x, y, device)[0] if len(y) else 0, len(y)) for x, y in val_sets.values()]
+        totals = torch.tensor([correct, vloss, len(val_y), loss_sum.item(), batches, *(v for s in sets for v in s)],
                               device=device, dtype=torch.float64)
         if world > 1:
             dist.all_reduce(totals)
@@ -176,14 +176,15 @@ def train_loop_per_worker(config):
             "elapsed_s": time.time() - t_start,
             "lr": scheduler.get_last_lr()[0],
         }
-        if totals[6].item():
-            metrics["real_acc"] = totals[5].item() / totals[6].item()
+        for k, name in enumerate(val_sets):
+            if totals[6 + 2 * k].item():
+                metrics[f"{name}_acc"] = totals[5 + 2 * k].item() / totals[6 + 2 * k].item()
         history = history + [metrics]
 
         if rank == 0:
-            real = f"  real_acc {metrics['real_acc']:.4f}" if "real_acc" in metrics else ""
+            others = "".join(f"  {name}_acc {metrics[f'{name}_acc']:.4f}" for name in val_sets if f"{name}_acc" in metrics)
             print(f"epoch {epoch:3d}/{epochs}  loss {metrics['train_loss']:.4f}  val_acc {metrics['val_acc']:.4f}"
-                  f"{real}  {metrics['images_per_s']:7.0f} img/s  elapsed {metrics['elapsed_s']:6.1f}s", flush=True)
+                  f"{others}  {metrics['images_per_s']:7.0f} img/s  elapsed {metrics['elapsed_s']:6.1f}s", flush=True)
         state = {"model": raw.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "epoch": epoch, "metrics": metrics, "history": history, "model_config": {"width": config["width"]}}
         _report(state, config, rank)
