@@ -3,14 +3,19 @@
 hadolint lints them; every COPY source must exist and survive .dockerignore; each
 image's CMD is the command its manifest and the tests run; each installs exactly the
 requirements file that requirements.txt pulls in for the tests; the Ray versions agree.
+Each image's files, assembled as its COPY lines assemble them and with nothing else of the
+checkout importable, run every entrypoint the manifests and the operators run.
 """
 import fnmatch
+import glob
+import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -19,13 +24,16 @@ import k8s_helpers as k8s
 pytestmark = pytest.mark.slow  # runs hadolint
 
 ROOT = k8s.ROOT
-DOCKERFILES = {"training": "training/Dockerfile", "service": "service/Dockerfile"}
+# Every image in the repository, named by the folder its Dockerfile is in.
+DOCKERFILES = {os.path.dirname(p): p for p in sorted(
+    os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "*", "**", "Dockerfile"), recursive=True))
+    if not p.startswith((".", "tests/"))}
 
 
-def instructions(path):
+def instructions(path, root=ROOT):
     """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
     out, current = [], ""
-    with open(os.path.join(ROOT, path)) as f:
+    with open(os.path.join(root, path)) as f:
         for line in f:
             stripped = line.strip()
             if not current and (not stripped or stripped.startswith("#")):
@@ -55,8 +63,8 @@ def copy_sources(path):
     return sources
 
 
-def dockerignore_patterns():
-    with open(os.path.join(ROOT, ".dockerignore")) as f:
+def dockerignore_patterns(root=ROOT):
+    with open(os.path.join(root, ".dockerignore")) as f:
         return [line.strip() for line in f if line.strip() and not line.startswith("#")]
 
 
@@ -80,9 +88,9 @@ def cmd_of(path):
     return json.loads(cmds[-1])
 
 
-def final_stage(path):
+def final_stage(path, root=ROOT):
     stages, current = [], None
-    for op, args in instructions(path):
+    for op, args in instructions(path, root):
         if op == "FROM":
             current = []
             stages.append((args, current))
@@ -197,3 +205,150 @@ def test_service_image_is_multi_stage_and_non_root():
     (svc,) = k8s.find(k8s.render("gke"), "Service", "serving.knative.dev")
     sc = svc["spec"]["template"]["spec"]["containers"][0]["securityContext"]
     assert str(sc["runAsUser"]) == users[-1].split(":")[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Each image as its COPY lines assemble it, running the entrypoints
+
+
+# Run in a copy of an image's files: the editable install's finder (which maps the
+# repository's packages to a checkout) is taken off sys.meta_path first, and after the
+# module ran, every module of the repository's packages must have come from the image.
+RUN_IN_IMAGE = textwrap.dedent("""
+    import os, runpy, sys
+    sys.meta_path[:] = [f for f in sys.meta_path
+                        if not getattr(f, "__module__", type(f).__module__).startswith("__editable__")]
+    module, root, packages = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+    sys.argv = [module, "--help"]
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    strays = sorted(f"{name}: {getattr(m, '__file__', None)}" for name, m in list(sys.modules.items())
+                    if name.split(".")[0] in packages
+                    and not os.path.realpath(getattr(m, "__file__", None) or "/").startswith(root + os.sep))
+    if strays:
+        sys.exit(f"imported from outside the image: {strays}")
+    sys.exit(code)
+""")
+
+
+def assemble_image(dockerfile, root, dest):
+    """Copy what ``dockerfile``'s final stage COPYs from the build context at ``root`` (less
+    .dockerignore) into ``dest``, the image's filesystem; (working directory, PYTHONPATH)
+    of the image, both under ``dest``."""
+    patterns = dockerignore_patterns(root)
+    workdir, env = "/", {}
+    for op, args in final_stage(dockerfile, root)[-1][1]:
+        if op == "WORKDIR":
+            workdir = os.path.join(workdir, args)
+        elif op == "ENV":
+            words = shlex.split(args)
+            env.update(w.split("=", 1) for w in words if "=" in w)
+        elif op in ("COPY", "ADD"):
+            words = json.loads(args) if args.startswith("[") else shlex.split(args)
+            if any(w.startswith("--from") for w in words):
+                continue
+            *sources, target = [w for w in words if not w.startswith("--")]
+            target_dir = target.endswith("/") or len(sources) > 1
+            target = os.path.join(workdir, target)
+            for pattern in sources:
+                matches = sorted(glob.glob(os.path.join(root, pattern)))
+                assert matches, f"{dockerfile}: COPY {pattern}: nothing in the build context"
+                for src in matches:
+                    rel = os.path.relpath(src, root)
+                    if os.path.isdir(src):
+                        _copy_tree(root, rel, dest + target, patterns)
+                    elif not ignored(rel, patterns):
+                        out = dest + (os.path.join(target, os.path.basename(src)) if target_dir else target)
+                        os.makedirs(os.path.dirname(out), exist_ok=True)
+                        shutil.copy(src, out)
+    pythonpath = ":".join(dest + p for p in env.get("PYTHONPATH", "").split(":") if p.startswith("/"))
+    return dest + workdir, pythonpath
+
+
+def _copy_tree(root, rel, target, patterns):
+    """A directory's contents into ``target``, as COPY copies them: what .dockerignore keeps."""
+    for folder, dirs, files in os.walk(os.path.join(root, rel)):
+        dirs[:] = [d for d in dirs if not ignored(os.path.relpath(os.path.join(folder, d), root), patterns)]
+        for name in files:
+            path = os.path.relpath(os.path.join(folder, name), root)
+            if not ignored(path, patterns):
+                out = os.path.join(target, os.path.relpath(path, rel))
+                os.makedirs(os.path.dirname(out), exist_ok=True)
+                shutil.copy(os.path.join(root, path), out)
+
+
+PYTHON_MODULE = re.compile(r"""python[0-9.]*["']?\s+-m\s+([A-Za-z_][\w.]*)""", re.I)
+# The operators' CLIs (docs/operating.md): run from the training image as well as a checkout.
+OPERATOR_CLIS = {"training.registry", "training.feedback"}
+
+
+def manifest_entrypoints(root=ROOT):
+    """{module: [where]} of every `python -m MODULE` the manifests (ray/, knative/) and the infra
+    scripts (infra/) run, in a command string or an exec-form list, and each image's CMD."""
+    found = {}
+    for path in sorted(glob.glob(os.path.join(root, "ray", "**", "*"), recursive=True)
+                       + glob.glob(os.path.join(root, "knative", "**", "*"), recursive=True)
+                       + glob.glob(os.path.join(root, "infra", "**", "*"), recursive=True)):
+        if not os.path.isfile(path):
+            continue
+        with open(path, errors="replace") as f:
+            text = f.read()
+        # An exec-form list, ["python", "-m", "service"], read as the command line it is.
+        text = re.sub(r"""["']?(python[0-9.]*)["']?\s*,\s*["']-m["']\s*,\s*["']""", r"\1 -m ", text)
+        for line in text.splitlines():
+            if line.lstrip().startswith("#"):
+                continue
+            for module in PYTHON_MODULE.findall(line):
+                found.setdefault(module, []).append(os.path.relpath(path, root))
+    for name, dockerfile in DOCKERFILES.items():
+        cmd = cmd_of(dockerfile)
+        if cmd[:2] == ["python", "-m"]:
+            found.setdefault(cmd[2], []).append(dockerfile)
+    return found
+
+
+def image_modules(image_dir, module):
+    """Whether ``module`` (a package with __main__, or a module) is a file in the image."""
+    path = os.path.join(image_dir, *module.split("."))
+    return os.path.isfile(os.path.join(path, "__main__.py")) or os.path.isfile(path + ".py")
+
+
+def run_entrypoints(root, tmp_path):
+    """Assemble every image from the checkout at ``root`` and run each entrypoint with --help
+    in the images that hold it; {(image, module): (exit code, output)}, and the modules no
+    image holds."""
+    modules = manifest_entrypoints(root)
+    modules.update({m: ["docs/operating.md"] for m in OPERATOR_CLIS if m not in modules})
+    packages = sorted({m.split(".")[0] for m in modules})
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    results, homeless = {}, set(modules)
+    for name, dockerfile in DOCKERFILES.items():
+        workdir, pythonpath = assemble_image(dockerfile, root, str(tmp_path / name))
+        for module in modules:
+            if not image_modules(pythonpath.split(":")[0] or workdir, module):
+                continue
+            homeless.discard(module)
+            out = subprocess.run([sys.executable, "-c", RUN_IN_IMAGE, module, str(tmp_path / name),
+                                  ",".join(packages)], cwd=workdir, capture_output=True, text=True, timeout=120,
+                                 env={**env, "PYTHONPATH": pythonpath} if pythonpath else env)
+            results[(name, module)] = (out.returncode, out.stdout + out.stderr)
+    return results, homeless
+
+
+def test_the_manifests_entrypoints_are_found():
+    modules = manifest_entrypoints()
+    assert {"training", "service"} <= set(modules), modules
+    assert "ray/base/rayjob.yaml" in modules["training"] and "knative/base/service.yaml" in modules["service"]
+
+
+def test_each_image_runs_its_entrypoints_with_only_its_own_files(tmp_path):
+    results, homeless = run_entrypoints(ROOT, tmp_path)
+    assert not homeless, f"entrypoints no image holds: {sorted(homeless)}"
+    assert {("training", "training"), ("training", "training.registry"), ("training", "training.feedback"),
+            ("service", "service")} <= set(results)
+    for (image, module), (code, output) in results.items():
+        assert code == 0, f"python -m {module} --help in the {image} image exited {code}:\n{output[-3000:]}"
+        assert "usage" in output.lower() or "environment variables" in output.lower(), output[-500:]
