@@ -39,7 +39,7 @@ def create_app(config=None):
     holder = ModelHolder(cfg["MODEL_URI"], cfg["MODEL_POLL_SECONDS"], cfg["MODEL_VERSION"])
 
     predict.register(app, holder, cfg)
-    feedback.register(app, cfg)
+    feedback.register(app, holder, cfg)
     ops.register(app, holder, feedback_on=bool(cfg["FEEDBACK_URI"]))
     oip.register(app, holder, cfg["MAX_BATCH"])
     route_of = static.register(app, cfg["FRONTEND_DIR"])  # last: it answers every other GET

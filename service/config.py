@@ -2,6 +2,7 @@
 
 ``python -m service --help`` prints the table; the Knative manifest sets the same names.
 """
+import ipaddress
 import os
 import re
 
@@ -9,6 +10,7 @@ from .contract import DEFAULT_MODEL_URI
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+MIN_SECRET = 16
 
 
 def _int(minimum):
@@ -38,6 +40,21 @@ def _origins(name, raw):
     return [o.strip().rstrip("/") for o in raw.split(",") if o.strip()]
 
 
+def _networks(name, raw):
+    try:
+        return [ipaddress.ip_network(n.strip(), strict=False) for n in raw.split(",") if n.strip()]
+    except ValueError as e:
+        raise ValueError(f"{name}={raw!r}: {e}; give addresses or networks like 127.0.0.1,10.0.0.0/8") from None
+
+
+def _secret(name, raw):
+    raw = raw.strip()
+    if raw and len(raw) < MIN_SECRET:
+        raise ValueError(f"{name} is {len(raw)} characters; use at least {MIN_SECRET} random ones "
+                         f"(python -c 'import secrets; print(secrets.token_hex(32))')")
+    return raw
+
+
 def _version(name, raw):
     raw = raw.strip()
     if raw and not VERSION_NAME.fullmatch(raw):
@@ -54,7 +71,16 @@ SETTINGS = [
     ("MODEL_POLL_SECONDS", "30", _int(0), "how often to check LATEST for a new model; 0 turns polling off"),
     ("FEEDBACK_URI", "", _text, "feedback store for POST /feedback (directory or gs://bucket/prefix); empty: off"),
     ("FEEDBACK_RATE_LIMIT", "30", _int(0),
-     "corrections one client may send per minute (a pod takes 20 times that); 0 turns both limits off"),
+     "corrections one client (an IPv4 address, an IPv6 /64) may send per minute (a pod takes 20 times that); "
+     "0 turns every feedback limit off"),
+    ("FEEDBACK_NETWORK_RATE_LIMIT", "120", _int(0),
+     "corrections one network (an IPv4 /24, an IPv6 /48) may send per minute; 0 turns this limit off"),
+    ("FEEDBACK_NETWORK_SECRET", "", _secret,
+     "secret keying the network stored with each correction (HMAC-SHA256 of the client's IPv4 /24 or IPv6 /64, "
+     "for triage); empty: no network is stored"),
+    ("FORWARDED_ALLOW_IPS", "", _networks,
+     "proxies (addresses or networks, comma-separated) whose X-Forwarded-For entries are believed: the client is "
+     "the right-most entry not among them; empty: the peer's address, X-Forwarded-For ignored"),
     ("MAX_BODY_BYTES", "1048576", _int(1), "largest request body, with Content-Length or chunked (413 above)"),
     ("READ_TIMEOUT_SECONDS", "10", _int(1), "time a request's headers and body may take to arrive (408 after)"),
     ("MAX_IMAGE_PIXELS", "262144", _int(1),

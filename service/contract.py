@@ -22,7 +22,9 @@ A feedback store (FEEDBACK_URI) holds the corrections people send::
     days/<YYYY-MM-DD>/<id>           an empty marker per record and the day it was sent
     rejected/<id>.json               an operator's rejection: excluded from training, kept
 
-Records and markers are create-only: nothing the service writes is ever overwritten.
+Records and markers are create-only: nothing the service writes is ever overwritten. A
+record holds a drawing (``not_a_drawing``): the service stores nothing else, and training
+can apply the same rule to what it reads.
 """
 import numpy as np
 
@@ -79,3 +81,80 @@ def model_input(digits):
 def to_pixels(x):
     """A model input (float32, ink 1.0) -> uint8 pixels, the inverse of ``scale``."""
     return np.round(np.asarray(x) * PIXEL_MAX).astype(np.uint8)
+
+
+# What a drawing of a digit is, measured on the 28x28 input (``not_a_drawing``). Every bound
+# keeps a margin on 9,482 real drawings rendered by the page, none of which it refuses
+# (docs/serving.md: UNIPEN pen digits, traced MNIST digits, bench/styles), and refuses dots,
+# filled shapes and random noise of every size and density tried.
+MIN_INK_SIDE = 16        # pixels of the uploaded image: the ink's longer side (a 1x1 dot has 1)
+MIN_EMPTY_SHARE = 0.27   # of the square around the ink that stays empty (real drawings: >= 0.32)
+MIN_SOLID_SHARE = 0.62   # of the ink in pixels at least half dark (real: >= 0.66; noise 0.55-0.6)
+MIN_SOLID_PIXELS = 14    # pixels at least half dark (real: >= 18; a few specks have 4-12)
+MAX_PIECES = 4           # separate pieces of solid ink (real: at most 3)
+MAX_HOLES = 9            # holes in the solid ink (real: at most 7; a mesh of noise has 14 and more)
+MIN_STROKES_SIDE = 0.1   # of the pad: the longer side of the strokes' extent (real: >= 0.35)
+_SOLID, _EMPTY = PIXEL_MAX // 2 + 1, PIXEL_MAX // 10 + 1
+
+
+def not_a_drawing(pixels, strokes=None, ink_side=None):
+    """Why ``pixels`` (uint8 [28, 28], ink 255: a record's 28x28 input) is not a drawing of a
+    digit, as a phrase for an error message, or None when it is one. ``strokes`` (the page's,
+    lists of [x, y] in pad fractions) and ``ink_side`` (the ink's longer side in the uploaded
+    image, in pixels) are checked too when given. A drawing is strokes: empty space around
+    them (not a dot or a blob), solid (not haze or noise), in a few pieces with a few holes
+    (not specks or a mesh). About half a millisecond; numpy only."""
+    p = np.asarray(pixels)
+    if ink_side is not None and ink_side < MIN_INK_SIDE:
+        return f"the ink is {ink_side} px across, a dot rather than a digit"
+    if strokes is not None and len(strokes):
+        points = np.concatenate([np.asarray(s, dtype=np.float64).reshape(-1, 2) for s in strokes])
+        if (points.max(axis=0) - points.min(axis=0)).max() < MIN_STROKES_SIDE:
+            return "the strokes make a dot rather than a digit"
+    ys, xs = np.nonzero(p)
+    if not len(ys):
+        return "there is no ink"
+    side = int(max(ys.max() - ys.min(), xs.max() - xs.min())) + 1
+    top, left = (ys.max() + ys.min() + 1 - side) // 2, (xs.max() + xs.min() + 1 - side) // 2
+    square = np.zeros((side, side), p.dtype)
+    inside = p[max(top, 0):top + side, max(left, 0):left + side]
+    square[max(-top, 0):max(-top, 0) + inside.shape[0], max(-left, 0):max(-left, 0) + inside.shape[1]] = inside
+    if (square < _EMPTY).mean() < MIN_EMPTY_SHARE:
+        return "the ink is a blob (a dot or a filled shape), not strokes"
+    ink, solid = p.astype(np.float64), p >= _SOLID
+    if ink[solid].sum() < MIN_SOLID_SHARE * ink.sum():
+        return "the ink is haze or noise, not strokes"
+    if solid.sum() < MIN_SOLID_PIXELS:
+        return "the ink is a few specks, not strokes"
+    pieces = _pieces(solid)
+    if pieces > MAX_PIECES:
+        return f"the ink is {pieces} scattered specks, not strokes"
+    if pieces - _euler(solid) > MAX_HOLES:
+        return "the ink is a mesh of noise, not strokes"
+    return None
+
+
+def _pieces(mask):
+    """The 8-connected pieces of ``mask``."""
+    todo, pieces = set(zip(*np.nonzero(mask))), 0
+    while todo:
+        pieces += 1
+        stack = [todo.pop()]
+        while stack:
+            y, x = stack.pop()
+            for q in ((y - 1, x - 1), (y - 1, x), (y - 1, x + 1), (y, x - 1), (y, x + 1),
+                      (y + 1, x - 1), (y + 1, x), (y + 1, x + 1)):
+                if q in todo:
+                    todo.remove(q)
+                    stack.append(q)
+    return pieces
+
+
+def _euler(mask):
+    """The Euler number of ``mask`` (8-connected pieces minus their holes), from its 2x2
+    neighbourhoods (Gray's formula)."""
+    m = np.pad(mask, 1).astype(np.int8)
+    a, b, c, d = m[:-1, :-1], m[:-1, 1:], m[1:, :-1], m[1:, 1:]
+    n = a + b + c + d
+    diagonal = (n == 2) & (a == d)
+    return int(((n == 1).sum() - (n == 3).sum() - 2 * diagonal.sum()) // 4)

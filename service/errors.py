@@ -10,13 +10,13 @@ from flask import Response
 
 CODES = {
     "invalid_json": 400, "missing_field": 400, "invalid_field": 400, "invalid_base64": 400,
-    "not_an_image": 400, "invalid_tensor": 400, "bad_request": 400,
+    "not_an_image": 400, "invalid_tensor": 400, "invalid_header": 400, "bad_request": 400,
     "not_found": 404, "feedback_disabled": 404,
     "method_not_allowed": 405,
     "request_timeout": 408,
     "body_too_large": 413, "image_too_large": 413, "too_many_images": 413,
     "unsupported_media_type": 415, "unsupported_image_format": 415,
-    "empty_canvas": 422,
+    "empty_canvas": 422, "not_a_drawing": 422,
     "rate_limited": 429,
     "internal_error": 500,
     "model_not_ready": 503, "store_unavailable": 503,

@@ -3,10 +3,14 @@
 The request carries the drawing as /predict took it; what is stored is the 28x28 input the
 model saw, made by the same preprocessing, because that is what training needs. The record's
 id is the sha256 of those 784 pixels, so the same drawing sent twice is stored once: records
-are create-only (service/contract.py has the layout), and a second one is a duplicate.
+are create-only (service/contract.py has the layout), and a second one is a duplicate. Only
+a drawing is stored (service/contract.py: not_a_drawing): a dot, a blob or noise is 422
+not_a_drawing.
 
-Nothing personal is stored: no IP address, no account; ``client_id`` is an opaque id the
-page makes up for itself. The client's address only feeds the rate limit, in memory.
+What is stored about the sender: ``client_id``, an opaque id the page makes up for itself,
+and, when FEEDBACK_NETWORK_SECRET is set, ``network``: a keyed hash of the client's IPv4 /24
+or IPv6 /64 (service/clients.py), so triage can see that many corrections came from one
+network. Never an address: that only feeds the rate limits, in memory.
 """
 import base64
 import datetime
@@ -18,10 +22,11 @@ import re
 
 from flask import request
 
-from . import contract, payload, preprocess
+from . import clients, contract, payload, preprocess
 from .config import VERSION_NAME
 from .errors import ApiError, json_response
-from .ratelimit import RateLimiter, client_address
+from .metrics import UNKNOWN
+from .ratelimit import RateLimiter
 from .store import AlreadyExists, StoreError, open_store
 
 log = logging.getLogger("service.feedback")
@@ -31,36 +36,58 @@ FIELDS = {"image", "label", "predicted", "model_version", "client_id", "strokes"
 MAX_STROKES, MAX_POINTS = 64, 2000
 
 
-def register(app, cfg):
+def register(app, holder, cfg):
     uri = cfg["FEEDBACK_URI"]
     store = open_store(uri) if uri else None  # a bad URI fails here, at start-up
-    limiter = RateLimiter(cfg["FEEDBACK_RATE_LIMIT"])
+    limiter = RateLimiter(cfg["FEEDBACK_RATE_LIMIT"], cfg["FEEDBACK_NETWORK_RATE_LIMIT"])
+    trusted = cfg["FORWARDED_ALLOW_IPS"]
+    network_key = clients.NetworkKey(cfg["FEEDBACK_NETWORK_SECRET"]) if cfg["FEEDBACK_NETWORK_SECRET"] else None
 
     @app.post("/feedback")
     def feedback():
         if store is None:
             raise ApiError("feedback_disabled", "this server does not take corrections (FEEDBACK_URI is not set)")
-        wait = limiter.wait(client_address(request.environ))
+        address = clients.client_address(request.environ, trusted)
+        wait = limiter.wait(clients.client_of(address), clients.network_of(address))
         if wait:
             app.metrics.observe_feedback("rate_limited", None)
             raise ApiError("rate_limited", f"too many corrections from here; retry in {wait} s",
                            headers={"Retry-After": str(wait)})
         try:
             fields, image = _parse(request)
-            x = preprocess.preprocess(image, preprocess.Limits(cfg["MAX_IMAGE_PIXELS"], cfg["MAX_IMAGE_SIDE"]))
+            pixels = drawing(image, preprocess.Limits(cfg["MAX_IMAGE_PIXELS"], cfg["MAX_IMAGE_SIDE"]),
+                             fields.get("strokes"))
         except ApiError:
             app.metrics.observe_feedback("rejected", None)
             raise
-        pixels = contract.to_pixels(x)
         record_id = hashlib.sha256(pixels.tobytes()).hexdigest()
         now = datetime.datetime.now(datetime.timezone.utc)
         record = {"id": record_id, "pixels": base64.b64encode(pixels.tobytes()).decode(), **fields,
                   "created_at": f"{now:%Y-%m-%dT%H:%M:%S.%f}"[:-3] + "Z",
                   "image_sha256": hashlib.sha256(image).hexdigest()}
+        if network_key is not None and address is not None:
+            record["network"] = network_key(address)
         status = _store(store, record, f"{now:%Y-%m-%d}")
+        # The version a client names labels the metrics only if the store holds it.
+        version = fields["model_version"]
+        if version is not None and not holder.holds(version):
+            version = UNKNOWN
         corrected = fields["predicted"] is not None and fields["predicted"] != fields["label"]
-        app.metrics.observe_feedback(status, fields["model_version"], correction=corrected)
+        app.metrics.observe_feedback(status, version, correction=corrected)
         return json_response({"id": record_id, "status": status}, 201 if status == "stored" else 200)
+
+
+def drawing(image, limits, strokes=None):
+    """The 28x28 input (uint8, ink 255) of ``image``, as /predict preprocesses it, if it
+    is a drawing (service/contract.py: not_a_drawing, with the page's ``strokes`` if sent).
+    Raises ApiError 400/413/415/422."""
+    im = preprocess.decode(image, limits)
+    pixels = contract.to_pixels(preprocess.to_mnist(im))
+    ink = preprocess.ink_image(im)
+    why = contract.not_a_drawing(pixels, strokes, max(ink.size) if ink is not None else None)
+    if why:
+        raise ApiError("not_a_drawing", f"{why}; only drawings of a digit are stored, so draw one with the pen")
+    return pixels
 
 
 def _parse(req):

@@ -15,6 +15,7 @@
 
 Errors found here (408, 413) go through the app with the request (``REJECTED``), so they get
 the same JSON body, request id, headers, metrics and log line as every other response.
+Header names with an underscore are dropped (``_environ``).
 
 Why not asgiref's WsgiToAsgi or a2wsgi: neither bounds the time a body may take, which is
 the point of this layer, and both hand every request to a thread, the cost measured above.
@@ -119,8 +120,10 @@ def _environ(scope):
         "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False,
     }
     for name, value in scope.headers.items():
-        key = "CONTENT_TYPE" if name == "content-type" else "HTTP_" + name.upper().replace("-", "_")
-        if name == "content-length":
+        # A name with "_" would share its WSGI key with the name spelt with "-" (X_Forwarded_For
+        # would join X-Forwarded-For), so it is dropped, as nginx drops it by default.
+        if name == "content-length" or "_" in name:
             continue
+        key = "CONTENT_TYPE" if name == "content-type" else "HTTP_" + name.upper().replace("-", "_")
         environ[key] = f"{environ[key]},{value}" if key in environ else value
     return environ

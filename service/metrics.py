@@ -6,10 +6,14 @@ whichever worker answers a scrape reports the totals of the whole server, and a 
 that replaces a dead one takes over its slot and keeps counting from there.
 
 Every count that can be told apart by model carries ``model_version``, so two versions
-(a canary and the stable one) can be compared from one Prometheus. A slot keeps ROWS
-versions; a version it has no room for counts as "other". Rows are never reused, so no
-counter ever goes down: a worker lives through a handful of hot swaps, and a feedback
-request can only name a version that looks like one (service/config.py: VERSION_NAME).
+(a canary and the stable one) can be compared from one Prometheus. A slot has rows of its
+own for SERVED_ROWS versions this worker served, and NAMED_ROWS for versions that only a
+feedback request named (the prediction came from another revision, as in a canary split).
+A feedback request may only name a version the model store holds (service/feedback.py);
+anything else counts as "unknown", and a version past its rows as "other". So no client
+can take the row of a version this worker serves, or label a count with a name it made up.
+Rows are never reused, so no counter ever goes down: a worker lives through a handful of
+hot swaps.
 
 Why not prometheus_client: its multiprocess mode needs a writable directory shared by the
 workers and cleanup hooks, and its import costs about 60 ms of a 0.35 s cold start. What we
@@ -29,9 +33,13 @@ CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 STATUSES = (200, 201, 204, 304, 400, 404, 405, 408, 413, 415, 422, 429, 500, 503)  # others count as "other"
 FEEDBACK_RESULTS = ("stored", "duplicate", "rejected", "rate_limited")
 UNMATCHED = "<unmatched>"
-ROWS = 8            # versions per worker slot; the last row is "other"
+SERVED_ROWS = 6     # rows per worker slot for the versions it served (and "none", before any model)
+NAMED_ROWS = 4      # rows per worker slot for versions only feedback named
+UNKNOWN, OTHER, NONE = "unknown", "other", "none"  # versions the store does not hold; past the rows; before any model
+UNKNOWN_ROW = SERVED_ROWS + NAMED_ROWS
+OTHER_ROW = UNKNOWN_ROW + 1
+ROWS = OTHER_ROW + 1
 NAME_BYTES = 128
-OTHER, NONE = "other", "none"  # the label of versions without a row, and of requests before any model
 
 
 class Metrics:
@@ -98,15 +106,19 @@ class Metrics:
     def _name(self, slot, row):
         return bytes(self._names[slot, row]).rstrip(b"\0").decode(errors="replace")
 
-    def _row(self, version):
-        """This slot's row for ``version``, taking a free one if it has none (call with the lock)."""
+    def _row(self, version, named=False):
+        """This slot's row for ``version``, taking a free one if it has none: among the served
+        rows, or with ``named`` (a version only a client named) among the named ones. Call
+        with the lock."""
         row = self._rows.get(version)
         if row is None:
-            if version != OTHER and len(self._rows) < ROWS - 1:
-                row = len(self._rows)
+            if version == UNKNOWN:
+                row = UNKNOWN_ROW
             else:
-                row = ROWS - 1
-                version = OTHER
+                first, end = (SERVED_ROWS, UNKNOWN_ROW) if named else (0, SERVED_ROWS)
+                row = next((r for r in range(first, end) if not self._names[self.slot, r, 0]), OTHER_ROW)
+                if row == OTHER_ROW:
+                    version = OTHER
             raw = version.encode()[:NAME_BYTES]
             self._names[self.slot, row, :len(raw)] = np.frombuffer(raw, np.uint8)
             self._rows[version] = row
@@ -149,11 +161,12 @@ class Metrics:
             self._arrays["empty_canvas"][self.slot, self._row(version), 0] += 1
 
     def observe_feedback(self, result, version, correction=False):
-        """A feedback request's ``result`` (FEEDBACK_RESULTS), about a prediction by ``version``
-        (None: unknown); ``correction`` when its label differs from the prediction."""
+        """A feedback request's ``result`` (FEEDBACK_RESULTS), about a prediction by ``version``:
+        a version the store holds, UNKNOWN, or None (none named: counted under the version
+        this worker serves); ``correction`` when its label differs from the prediction."""
         a, slot = self._arrays, self.slot
         with self._lock:
-            v = self._version_row(version)
+            v = self._current if version is None else self._row(version, named=True)
             a["feedback"][slot, v, FEEDBACK_RESULTS.index(result)] += 1
             if correction:
                 a["corrections"][slot, v, 0] += 1

@@ -9,6 +9,7 @@ less is refused and logged, and the old model keeps serving.
 import logging
 import threading
 import time
+from collections import OrderedDict
 
 import numpy as np
 
@@ -16,6 +17,10 @@ from . import contract
 from . import store as model_store
 
 log = logging.getLogger("service.model")
+
+# How long a version the store did not hold is taken as absent before it is asked again,
+# and how many such names are remembered.
+ABSENT_SECONDS, ABSENT_KEPT = 300, 1024
 
 
 class ModelInvalid(Exception):
@@ -80,6 +85,7 @@ class ModelHolder:
         self.on_event = None  # called with ("ok" | "refused", version), e.g. to count for /metrics
         self._thread = None
         self._refused = None  # (version, LATEST token) of a version we refused, so we log it once
+        self._held, self._absent, self._held_lock = set(), OrderedDict(), threading.Lock()
 
     @property
     def mode(self):
@@ -104,6 +110,34 @@ class ModelHolder:
             self._thread = threading.Thread(target=self._run, name="model-loader", daemon=True)
             self._thread.start()
         return self
+
+    def holds(self, version):
+        """Whether the store holds ``version`` (its model.json): a name a client sent, checked
+        before it may label a metric. A version once found is remembered; a name not found is
+        taken as absent for ABSENT_SECONDS, so made-up names cost a store read each at most
+        that often. An unreachable store holds nothing for now. Can wait on the store."""
+        current = self.current
+        if current is not None and version == current.version or version in self._held:
+            return True
+        now = time.monotonic()
+        with self._held_lock:
+            seen = self._absent.get(version)
+            if seen is not None and now - seen < ABSENT_SECONDS:
+                return False
+        try:
+            found = self.store.exists(contract.model_key(version, contract.META_FILE))
+        except model_store.StoreError:
+            return False
+        with self._held_lock:
+            if found:
+                self._held.add(version)
+                self._absent.pop(version, None)
+            else:
+                self._absent[version] = now
+                self._absent.move_to_end(version)
+                while len(self._absent) > ABSENT_KEPT:
+                    self._absent.popitem(last=False)
+        return found
 
     def wait_ready(self, timeout):
         deadline = time.monotonic() + timeout

@@ -1,28 +1,23 @@
-"""Token buckets for POST /feedback: one per client address, and one for the whole worker.
+"""Token buckets for POST /feedback: one per client, one per network, one for the worker.
 
-A client may send ``per_minute`` corrections a minute, in bursts of up to that many; the
-worker as a whole takes POD_FACTOR times as many. A person correcting digits sends one
-every few seconds at most, so the default (30 a minute per client, 600 a worker) never
-stops a person and stops a script long before it fills a bucket with junk. Client buckets
-are kept for the most recent MAX_CLIENTS addresses only, so memory stays bounded.
+A client (an IPv4 address, an IPv6 /64: service/clients.py) may send ``per_minute``
+corrections a minute, in bursts of up to that many; a network (an IPv4 /24, an IPv6 /48)
+``network_per_minute``, so a host that walks through its /64's addresses, or a few hosts of
+one site, still share one allowance; the worker as a whole takes POD_FACTOR times the
+client's. A person correcting digits sends one every few seconds at most, so the defaults
+(30 a minute per client, 120 per network, 600 a worker) never stop a person and stop a
+script long before it fills a bucket with junk. Buckets are kept for the most recent
+MAX_KEYS clients and networks only, so memory stays bounded.
 
 The limits are per worker process: with WEB_CONCURRENCY=1, as deployed, that is per pod.
-
-The client is the right-most public address in X-Forwarded-For (``client_address``). On
-Knative every hop inside the cluster (Kourier, the activator, the queue-proxy) appends the
-private address it was called from, and Kourier appends the address it saw; a client can
-only add entries to the left of those. So the first public address from the right is the
-one our own edge saw, which needs Kourier's load balancer to keep client addresses
-(externalTrafficPolicy: Local, set by infra/install-operators.sh).
 """
-import ipaddress
 import math
 import threading
 import time
 from collections import OrderedDict
 
 POD_FACTOR = 20
-MAX_CLIENTS = 10_000
+MAX_KEYS = 10_000
 
 
 class _Bucket:
@@ -32,31 +27,45 @@ class _Bucket:
         self.tokens, self.at = capacity, now
 
 
+class _Buckets:
+    """The buckets of one kind (clients or networks), the least recently used dropped first."""
+
+    def __init__(self, per_minute):
+        self.capacity, self.rate = per_minute, per_minute / 60.0
+        self.buckets = OrderedDict()
+
+    def get(self, key, now):
+        bucket = self.buckets.pop(key, None) or _Bucket(self.capacity, now)
+        self.buckets[key] = bucket
+        if len(self.buckets) > MAX_KEYS:
+            self.buckets.popitem(last=False)
+        return bucket
+
+
 class RateLimiter:
-    def __init__(self, per_minute, clock=time.monotonic):
-        self.capacity = per_minute
-        self.rate = per_minute / 60.0  # tokens a second
+    def __init__(self, per_minute, network_per_minute=0, clock=time.monotonic):
         self.clock = clock
-        self.clients = OrderedDict()
-        self.pod = _Bucket(per_minute * POD_FACTOR, clock())
+        self.clients = _Buckets(per_minute)
+        self.networks = _Buckets(network_per_minute)
+        self.pod = _Buckets(per_minute * POD_FACTOR)
         self.lock = threading.Lock()
 
-    def wait(self, client):
-        """0 if ``client`` may send now (a token is taken), else the seconds until it may."""
-        if self.capacity == 0:
+    def wait(self, client, network):
+        """0 if ``client`` of ``network`` may send now (a token is taken from each of its
+        buckets), else the seconds until it may."""
+        if self.clients.capacity == 0:
             return 0
         now = self.clock()
         with self.lock:
-            bucket = self.clients.pop(client, None) or _Bucket(self.capacity, now)
-            self.clients[client] = bucket
-            if len(self.clients) > MAX_CLIENTS:
-                self.clients.popitem(last=False)
-            waits = [self._need(bucket, self.capacity, self.rate, now),
-                     self._need(self.pod, self.capacity * POD_FACTOR, self.rate * POD_FACTOR, now)]
-            if max(waits) > 0:
-                return max(1, math.ceil(max(waits)))
-            bucket.tokens -= 1
-            self.pod.tokens -= 1
+            kinds = [(self.clients, client), (self.pod, "")]
+            if self.networks.capacity:
+                kinds.append((self.networks, network))
+            buckets = [(kind, kind.get(key, now)) for kind, key in kinds]
+            need = max(self._need(bucket, kind.capacity, kind.rate, now) for kind, bucket in buckets)
+            if need > 0:
+                return max(1, math.ceil(need))
+            for _, bucket in buckets:
+                bucket.tokens -= 1
             return 0
 
     @staticmethod
@@ -64,15 +73,3 @@ class RateLimiter:
         bucket.tokens = min(capacity, bucket.tokens + (now - bucket.at) * rate)
         bucket.at = now
         return 0 if bucket.tokens >= 1 else (1 - bucket.tokens) / rate
-
-
-def client_address(environ):
-    """The address a request came from: the right-most public X-Forwarded-For entry, else the peer."""
-    for entry in reversed(environ.get("HTTP_X_FORWARDED_FOR", "").split(",")):
-        try:
-            address = ipaddress.ip_address(entry.strip())
-        except ValueError:
-            continue
-        if address.is_global:
-            return str(address)
-    return environ.get("REMOTE_ADDR", "")

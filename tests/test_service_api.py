@@ -373,6 +373,11 @@ def test_oip_infer_nested_data_and_output_selection(api):
     (lambda b: b.update(inputs=[]), 400, "invalid_tensor"),
     (lambda b: b.update(inputs={"name": "image"}), 400, "invalid_tensor"),
     (lambda b: b.update(outputs=[{"name": "softmax"}]), 400, "invalid_tensor"),
+    (lambda b: b.update(outputs=[{"name": "logits"}] * 2), 400, "invalid_tensor"),  # each output once
+    (lambda b: b.update(outputs=[{"name": "logits"}, {"name": ["logits"]}]), 400, "invalid_tensor"),
+    (lambda b: b.update(outputs=[{"name": "logits", "parameters": {"binary_data": "yes"}}]), 400, "invalid_tensor"),
+    (lambda b: b.update(parameters={"binary_data_output": 1}), 400, "invalid_tensor"),
+    (lambda b: b["inputs"][0].update(parameters={"binary_data_size": 3136}), 400, "invalid_tensor"),  # and data
     (lambda b: b["inputs"][0].update(shape=[65, 1, 28, 28]), 413, "too_many_images"),  # checked before the data
 ])
 def test_oip_infer_errors(api, mutate, status, code):
@@ -384,11 +389,56 @@ def test_oip_infer_errors(api, mutate, status, code):
 
 
 def test_oip_infer_wrong_content_type(api):
-    r = api.call("POST", "/v2/models/digitdraw/infer", data=b"\0" * 16,
-                 headers={"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": "0"})
+    body = json.dumps(infer_body(np.zeros((1, 1, 28, 28), np.float32))).encode()
+    r = api.call("POST", "/v2/models/digitdraw/infer", data=body, headers={"Content-Type": "image/png"})
+    assert (r.status, r.error_code) == (415, "unsupported_media_type")
+    r = api.call("POST", "/v2/models/digitdraw/infer", data=body,
+                 headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
     assert (r.status, r.error_code) == (415, "unsupported_media_type")
     r = api.call("POST", "/v2/models/digitdraw/infer", data=b"{", headers={"Content-Type": "application/json"})
     assert (r.status, r.error_code) == (400, "invalid_json")
+
+
+def binary_request(x, header_length=None, size=None, tail=None):
+    """A binary tensor data request by hand, for what no client library would send."""
+    head = json.dumps({"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32",
+                                   "parameters": {"binary_data_size": x.nbytes if size is None else size}}]}).encode()
+    data = x.astype("<f4").tobytes() if tail is None else tail
+    return head + data, {"Content-Type": "application/octet-stream",
+                         "Inference-Header-Content-Length": str(len(head)) if header_length is None else header_length}
+
+
+@pytest.mark.parametrize("case,code", [
+    (dict(header_length="0"), "invalid_header"),
+    (dict(header_length="-5"), "invalid_header"),
+    (dict(header_length="99999999"), "invalid_header"),
+    (dict(header_length="12"), "invalid_json"),  # the length cuts the JSON short
+    (dict(size=3135), "invalid_tensor"),  # not the shape's bytes
+    (dict(size=True), "invalid_tensor"),
+    (dict(tail=b"\0" * 3135), "invalid_tensor"),  # fewer bytes than announced
+    (dict(tail=b"\0" * 3137), "invalid_tensor"),  # more
+    (dict(tail=np.full(784, np.nan, "<f4").tobytes()), "invalid_tensor"),
+])
+def test_oip_binary_request_errors(api, case, code):
+    data, headers = binary_request(np.zeros((1, 1, 28, 28), np.float32), **case)
+    r = api.call("POST", "/v2/models/digitdraw/infer", data=data, headers=headers)
+    assert (r.status, r.error_code) == (400, code)
+
+
+def test_oip_binary_data_after_a_json_only_request_is_refused(api):
+    data, _ = binary_request(np.zeros((1, 1, 28, 28), np.float32))
+    r = api.call("POST", "/v2/models/digitdraw/infer", data=data, headers={"Content-Type": "application/json"})
+    assert (r.status, r.error_code) == (400, "invalid_json")
+
+
+def test_oip_reply_is_bounded_by_the_work(api):
+    """However often an output is asked for, the reply holds each output once at most: a
+    request may not multiply its reply (5,000 repeats once built a 62 MB reply)."""
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    r = api.call("POST", "/v2/models/digitdraw/infer", json_body=infer_body(x, outputs=[{"name": "logits"}] * 1000))
+    assert (r.status, r.error_code) == (400, "invalid_tensor") and len(r.body) < 300
+    r = api.call("POST", "/v2/models/digitdraw/infer", json_body=infer_body(x))
+    assert r.status == 200 and [o["name"] for o in r.json["outputs"]] == ["logits", "probabilities"]
 
 
 # ---- frontend, CSP, CORS, request ids ------------------------------------------------------

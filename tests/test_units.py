@@ -8,7 +8,7 @@ import threading
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import config, contract, log, metrics, ratelimit
+from service import clients, config, contract, log, metrics, ratelimit
 from service.errors import json_response
 from service.front import _environ
 from service.store import AlreadyExists, LocalStore, PointerConflict, StoreNotFound, StoreUnreachable
@@ -57,18 +57,45 @@ def test_metrics_are_split_by_model_version_and_add_up_across_slots():
     assert latency[(("le", "+Inf"), ("model_version", "v2"), ("route", "/predict"))] == 2
 
 
+def feedback_counts(m):
+    return {dict(k[1])["model_version"]: v for k, v in samples(m).items() if k[0] == "digitdraw_feedback_total"}
+
+
 def test_versions_past_the_rows_count_as_other_and_never_reset():
     m = metrics.Metrics(["/feedback"], slots=1)
-    names = [f"20261201T0000{k:02d}Z-0000000{k % 10}" for k in range(metrics.ROWS + 3)]
-    for name in names:
-        m.observe_feedback("stored", name)
-    for name in names:
-        m.observe_feedback("stored", name)
-    got = samples(m)
-    kept = {dict(k[1])["model_version"]: v for k, v in got.items() if k[0] == "digitdraw_feedback_total"}
-    # One row holds "none" (before any model), one "other": ROWS - 2 versions keep their own.
-    assert len(kept) == metrics.ROWS - 1 and kept["other"] == 2 * (len(names) - (metrics.ROWS - 2))
+    names = [f"20261201T0000{k:02d}Z-0000000{k % 10}" for k in range(metrics.NAMED_ROWS + 3)]
+    for _ in range(2):
+        for name in names:
+            m.observe_feedback("stored", name)
+    kept = feedback_counts(m)
+    assert len(kept) == metrics.NAMED_ROWS + 1 and kept["other"] == 2 * 3
     assert all(v == 2 for k, v in kept.items() if k != "other")
+    for k in range(metrics.SERVED_ROWS + 2):  # more hot swaps than a worker lives through
+        m.model_event("ok", f"served-{k}")
+        m.observe_predictions([0.9], f"served-{k}")
+    served = {dict(k[1])["model_version"] for k, v in samples(m).items() if k[0] == "digitdraw_predictions_total"}
+    # One served row holds "none" (before any model); the versions past the rows count as "other".
+    assert served == {f"served-{k}" for k in range(metrics.SERVED_ROWS - 1)} | {"other"}
+
+
+def test_no_client_can_push_the_served_version_out_of_its_row():
+    """20 feedback requests naming versions the store holds (or made-up ones, which the
+    handler counts as unknown) before a new model arrives: the new model's predictions still
+    count under its own version, and corrections about it too."""
+    m = metrics.Metrics(["/feedback", "/predict"], slots=1)
+    m.model_event("ok", "v1")
+    for k in range(20):
+        m.observe_feedback("stored", f"old-{k}", correction=True)
+        m.observe_feedback("stored", metrics.UNKNOWN, correction=True)
+    m.model_event("ok", "v2")
+    m.observe_predictions([0.9, 0.8], "v2")
+    m.observe_request("/predict", 200, 0.001, "v2")
+    m.observe_feedback("stored", "v2", correction=True)
+    got = samples(m)
+    assert got["digitdraw_predictions_total", (("model_version", "v2"),)] == 2
+    assert got["digitdraw_corrections_total", (("model_version", "v2"),)] == 1
+    assert got["digitdraw_corrections_total", (("model_version", "unknown"),)] == 20
+    assert got["digitdraw_corrections_total", (("model_version", "other"),)] == 20 - metrics.NAMED_ROWS
 
 
 def test_a_worker_taking_over_a_slot_keeps_its_counts():
@@ -226,22 +253,73 @@ def test_a_missing_store_directory_is_unreachable_not_empty(tmp_path):
 def test_a_client_gets_its_limit_then_waits_and_the_worker_has_its_own():
     now = [0.0]
     limiter = ratelimit.RateLimiter(3, clock=lambda: now[0])
-    assert [limiter.wait("a") for _ in range(4)] == [0, 0, 0, 20]  # 3 a minute: one token every 20 s
+    assert [limiter.wait("a", "n1") for _ in range(4)] == [0, 0, 0, 20]  # 3 a minute: one token every 20 s
     now[0] += 20
-    assert limiter.wait("a") == 0 and limiter.wait("a") == 20
-    assert limiter.wait("b") == 0  # another client has its own bucket
+    assert limiter.wait("a", "n1") == 0 and limiter.wait("a", "n1") == 20
+    assert limiter.wait("b", "n1") == 0  # another client has its own bucket
     for k in range(3 * ratelimit.POD_FACTOR):  # many clients, one worker
-        limiter.wait(f"c{k}")
-    assert limiter.wait("fresh") > 0
-    assert ratelimit.RateLimiter(0).wait("x") == 0  # 0 turns the limits off
+        limiter.wait(f"c{k}", f"n{k}")
+    assert limiter.wait("fresh", "fresh") > 0
+    assert ratelimit.RateLimiter(0, 5).wait("x", "y") == 0  # 0 turns the limits off
 
 
-def test_the_client_is_the_rightmost_public_forwarded_address():
-    f = ratelimit.client_address
-    assert f({"HTTP_X_FORWARDED_FOR": "1.1.1.1, 9.9.9.9, 10.0.0.3, 127.0.0.1", "REMOTE_ADDR": "127.0.0.1"}) \
-        == "9.9.9.9"
-    assert f({"HTTP_X_FORWARDED_FOR": "garbage, 10.0.0.3", "REMOTE_ADDR": "127.0.0.1"}) == "127.0.0.1"
-    assert f({"REMOTE_ADDR": "192.0.2.1"}) == "192.0.2.1"
+def test_a_network_has_its_own_limit_beside_its_clients():
+    now = [0.0]
+    limiter = ratelimit.RateLimiter(3, 5, clock=lambda: now[0])
+    waits = [limiter.wait(f"client-{k}", "net") for k in range(6)]  # six clients, one network
+    assert waits == [0, 0, 0, 0, 0, 12]  # 5 a minute: one token every 12 s
+    assert limiter.wait("client-9", "another-net") == 0
+
+
+def address(environ, trusted=""):
+    found = clients.client_address(environ, config.load({"FORWARDED_ALLOW_IPS": trusted})["FORWARDED_ALLOW_IPS"])
+    return None if found is None else str(found)
+
+
+def test_the_client_is_the_peer_unless_a_trusted_proxy_vouches():
+    spoof = "203.0.113.9"
+    # No trusted proxy (a bare python -m service): X-Forwarded-For is never read.
+    assert address({"REMOTE_ADDR": "198.51.100.7", "HTTP_X_FORWARDED_FOR": spoof}) == "198.51.100.7"
+    assert address({"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": spoof}) == "127.0.0.1"
+    # A peer that is not among the trusted proxies is the client, whatever it forwards.
+    assert address({"REMOTE_ADDR": "198.51.100.7", "HTTP_X_FORWARDED_FOR": spoof}, "127.0.0.1") == "198.51.100.7"
+
+
+def test_behind_trusted_proxies_the_client_is_the_entry_our_edge_appended():
+    trusted = "127.0.0.1,10.0.0.0/8"
+    # Kourier appended the client (198.51.100.7); the activator and the queue-proxy the pods
+    # they were called from; whatever the client wrote is to the left.
+    knative = {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": "203.0.113.9, 198.51.100.7, 10.4.0.12, 10.4.1.3"}
+    assert address(knative, trusted) == "198.51.100.7"
+    # A client inside a trusted network cannot push its own entries past ours either.
+    assert address({**knative, "HTTP_X_FORWARDED_FOR": "203.0.113.9, 10.9.9.9, 10.4.1.3"}, trusted) == "203.0.113.9"
+    # Not an address: walking stops at the last hop we trust.
+    assert address({**knative, "HTTP_X_FORWARDED_FOR": "garbage, 10.4.1.3"}, trusted) == "10.4.1.3"
+    assert address({"REMOTE_ADDR": "127.0.0.1"}, trusted) == "127.0.0.1"
+    assert address({**knative, "HTTP_X_FORWARDED_FOR": "2001:db8:1:2::5, 10.4.1.3"}, trusted) == "2001:db8:1:2::5"
+    assert address({**knative, "HTTP_X_FORWARDED_FOR": "::ffff:198.51.100.7"}, trusted) == "198.51.100.7"
+
+
+def test_ipv6_clients_are_their_64_and_networks_their_48():
+    a, b = clients.parse("2001:db8:1:2::5"), clients.parse("2001:db8:1:2:ffff:1:2:3")
+    assert clients.client_of(a) == clients.client_of(b) == "2001:db8:1:2::/64"
+    assert clients.client_of(clients.parse("2001:db8:1:3::5")) != clients.client_of(a)
+    assert clients.network_of(clients.parse("2001:db8:1:3::5")) == clients.network_of(a) == "2001:db8:1::/48"
+    assert clients.client_of(clients.parse("198.51.100.7")) == "198.51.100.7/32"
+    assert clients.network_of(clients.parse("198.51.100.7")) == "198.51.100.0/24"
+    assert clients.client_of(None) == clients.network_of(None) == "?"
+
+
+def test_the_network_key_is_a_keyed_hash_of_the_24_or_64():
+    key = clients.NetworkKey("s" * 32)
+    v4 = key(clients.parse("198.51.100.7"))
+    assert v4.startswith("v4:") and len(v4) == 19 and "198" not in v4
+    assert key(clients.parse("198.51.100.200")) == v4 != key(clients.parse("198.51.101.7"))
+    v6 = key(clients.parse("2001:db8:1:2::5"))
+    assert v6.startswith("v6:") and key(clients.parse("2001:db8:1:2:ffff::9")) == v6
+    assert key(clients.parse("2001:db8:1:3::5")) != v6
+    assert clients.NetworkKey("t" * 32)(clients.parse("198.51.100.7")) != v4  # another secret, another key
+    assert key(None) is None
 
 
 # ---- configuration --------------------------------------------------------------------------
@@ -255,9 +333,61 @@ def test_every_setting_has_a_default_and_bad_values_name_the_variable():
         with pytest.raises(ValueError, match=text):
             config.load(env)
     assert config.load({"CORS_ORIGINS": "https://a.example/, *"})["CORS_ORIGINS"] == ["https://a.example", "*"]
+    with pytest.raises(ValueError, match="FORWARDED_ALLOW_IPS='10.0.0.0/33'"):
+        config.load({"FORWARDED_ALLOW_IPS": "10.0.0.0/33"})
+    with pytest.raises(ValueError, match="FEEDBACK_NETWORK_SECRET is 6 characters"):
+        config.load({"FEEDBACK_NETWORK_SECRET": "short!"})
     assert all(name in config.table() for name, *_ in config.SETTINGS)
 
 
 def test_json_response_is_compact_json():
     r = json_response({"a": [1, 2]}, 201)
     assert (r.status_code, r.mimetype, r.get_data()) == (201, "application/json", b'{"a":[1,2]}')
+
+
+# ---- what a drawing is ----------------------------------------------------------------------
+
+def as_record(im):
+    """The 28x28 pixels (uint8, ink 255) a record holds for a PIL image, and its ink's side."""
+    import io
+
+    from service import preprocess
+
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    decoded = preprocess.decode(buf.getvalue(), preprocess.Limits(10 ** 6))
+    return contract.to_pixels(preprocess.to_mnist(decoded)), max(preprocess.ink_image(decoded).size)
+
+
+def test_drawings_are_drawings_and_dots_blobs_and_noise_are_not():
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    def canvas(draw):
+        im = Image.new("L", (280, 280), 255)
+        draw(ImageDraw.Draw(im))
+        return im
+
+    seven = canvas(lambda d: d.line([(80, 60), (200, 60), (120, 235)], fill=0, width=25, joint="curve"))
+    one = canvas(lambda d: d.line([(140, 45), (140, 235)], fill=0, width=18))
+    zero = canvas(lambda d: d.ellipse([95, 50, 185, 230], outline=0, width=18))
+    for im in (seven, one, zero):
+        pixels, side = as_record(im)
+        assert contract.not_a_drawing(pixels, [[[0.3, 0.2], [0.7, 0.2], [0.4, 0.85]]], side) is None
+    rng = np.random.default_rng(0)
+    refused = {
+        "a 1x1 dot": Image.new("L", (1, 1), 0),
+        "a click of the pen": canvas(lambda d: d.ellipse([128, 128, 153, 153], fill=0)),
+        "a filled square": Image.new("L", (64, 64), 0),
+        "64x64 random noise": Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)),
+        "280x280 sparse noise": Image.fromarray(np.where(rng.random((280, 280)) < 0.1, 0, 255).astype(np.uint8)),
+        "a 24x24 mesh of noise": Image.fromarray(np.where(rng.random((24, 24)) < 0.5, 0, 255).astype(np.uint8)),
+    }
+    for what, im in refused.items():
+        pixels, side = as_record(im)
+        assert contract.not_a_drawing(pixels, None, side), what
+        assert contract.not_a_drawing(pixels) or side < contract.MIN_INK_SIDE, what  # from the 28x28 alone
+    seven_pixels, side = as_record(seven)
+    assert "strokes" in contract.not_a_drawing(seven_pixels, [[[0.5, 0.5], [0.52, 0.51]]], side)
+    assert "dot" in contract.not_a_drawing(seven_pixels, None, 5)
+    assert contract.not_a_drawing(np.zeros((28, 28), np.uint8)) == "there is no ink"
