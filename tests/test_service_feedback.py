@@ -7,11 +7,13 @@ import os
 import numpy as np
 import pytest
 
-from service import contract, preprocess
+from PIL import Image
+
+from service import clients, contract, preprocess
 from service.app import create_app
 from service.store import open_store
 from service_helpers import (FlaskClient, b64, data_url, draw_digit, jpeg_bytes, openapi_document, png_bytes,
-                             validate_against_openapi)
+                             publish_copy, validate_against_openapi)
 
 SEVEN = png_bytes(draw_digit(7))
 BLANK = png_bytes(draw_digit(7, ink=(0, 0, 0, 0)))
@@ -86,6 +88,10 @@ def test_a_correction_is_stored_once_as_the_input_the_model_saw(trained_store, s
     ({"image": "data:image/gif;base64,R0lGODlh", "label": 1}, 415, "unsupported_image_format"),
     ({"image": b64(b"GIF89a" + b"\0" * 20), "label": 1}, 415, "unsupported_image_format"),
     ({"image": data_url(BLANK), "label": 1}, 422, "empty_canvas"),
+    ({"image": data_url(png_bytes(Image.new("L", (1, 1), 0))), "label": 1}, 422, "not_a_drawing"),
+    ({"image": data_url(png_bytes(Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), np.uint8)))),
+      "label": 1}, 422, "not_a_drawing"),
+    ({"image": "IMAGE", "label": 1, "strokes": [[[0.5, 0.5]], [[0.51, 0.5], [0.5, 0.52]]]}, 422, "not_a_drawing"),
     ({"image": data_url(png_bytes(draw_digit(7, size=2000))), "label": 1}, 413, "image_too_large"),
 ])
 def test_bad_corrections_get_their_own_code(trained_store, tmp_path, body, status, code):
@@ -135,3 +141,33 @@ def test_the_serving_identity_only_ever_creates(trained_store, fake_gcs):
     status, again = send(client, {"image": data_url(SEVEN), "label": 4, "client_id": "someone-else"})
     assert (status, again["status"]) == (200, "duplicate")
     assert store.read(key) == before  # the first record stands
+
+
+def test_a_client_named_version_labels_the_metrics_only_if_the_store_holds_it(store, tmp_path):
+    """Made-up versions count as "unknown"; a version the store holds (a canary another
+    revision serves) keeps its own label, and the served one's is never taken."""
+    app, client = make_client(store, str(tmp_path / "feedback"))
+    served = app.model_holder.current.version
+    canary = "20261205T000000Z-cafe0001"
+    publish_copy(store, canary, move=False)
+    for k in range(20):
+        send(client, {"image": data_url(SEVEN), "label": 1, "predicted": 7, "model_version": f"20261205T0000{k:02d}Z-bogus"})
+    send(client, {"image": data_url(SEVEN), "label": 1, "predicted": 7, "model_version": canary})
+    send(client, {"image": data_url(SEVEN), "label": 1, "predicted": 7, "model_version": served})
+    metrics = app.metrics.render()
+    assert 'digitdraw_corrections_total{model_version="unknown"} 20' in metrics
+    assert f'digitdraw_corrections_total{{model_version="{canary}"}} 1' in metrics
+    assert f'digitdraw_corrections_total{{model_version="{served}"}} 1' in metrics
+    assert "bogus" not in metrics
+
+
+def test_a_correction_carries_its_networks_keyed_hash_never_the_address(trained_store, tmp_path):
+    secret = "correct horse battery staple"
+    app, client = make_client(trained_store, str(tmp_path / "on"), FEEDBACK_NETWORK_SECRET=secret)
+    status, answer = send(client, {"image": data_url(SEVEN), "label": 7})
+    record = json.loads((tmp_path / "on" / contract.record_key(answer["id"])).read_text())
+    assert record["network"] == clients.NetworkKey(secret)(clients.parse("127.0.0.1"))  # the test client's
+    assert "127.0.0" not in json.dumps(record)
+    _, client = make_client(trained_store, str(tmp_path / "off"))
+    _, answer = send(client, {"image": data_url(SEVEN), "label": 7})
+    assert "network" not in json.loads((tmp_path / "off" / contract.record_key(answer["id"])).read_text())

@@ -209,24 +209,44 @@ def test_not_ready_messages_do_not_name_the_store(tmp_path):
         s.wait_log(lambda e: "secret-store-name" in json.dumps(e) and e.get("logger") == "service.model")
 
 
+def flood(url, n, headers=lambda k: {}):
+    """Send ``n`` corrections; the status of each (200 and 201 were taken, 429 refused)."""
+    return [requests.post(url + "/feedback", json={"image": data_url(SEVEN), "label": 7}, headers=headers(k),
+                          timeout=5).status_code for k in range(n)]
+
+
 def test_feedback_floods_get_429_with_retry_after(store, tmp_path):
+    """A bare `python -m service` believes no X-Forwarded-For: a fresh one on each request
+    is still the same client."""
     with ServiceProcess(str(tmp_path), MODEL_URI=store, FEEDBACK_URI=str(tmp_path / "fb"), FEEDBACK_RATE_LIMIT=5,
                         **DEPLOYED) as s:
         s.wait_ready()
-        codes = []
-        for k in range(8):
-            image = data_url(png_bytes(draw_digit(7, stroke=10 + k)))  # distinct drawings
-            r = requests.post(s.url + "/feedback", json={"image": image, "label": 7}, timeout=5)
-            codes.append(r.status_code)
-        assert codes[:5] == [201] * 5 and codes[5:] == [429] * 3
+        codes = flood(s.url, 8, lambda k: {"X-Forwarded-For": f"198.51.100.{k}"})
+        assert codes[0] == 201 and set(codes[1:5]) == {200} and codes[5:] == [429] * 3
         r = requests.post(s.url + "/feedback", json={"image": data_url(SEVEN), "label": 7}, timeout=5)
         assert r.json()["error"]["code"] == "rate_limited" and 1 <= int(r.headers["Retry-After"]) <= 60
-        # Another client, by the address our edge appended to X-Forwarded-For, has its own bucket.
-        r = requests.post(s.url + "/feedback", json={"image": data_url(SEVEN), "label": 7}, timeout=5,
-                          headers={"X-Forwarded-For": "1.2.3.4, 8.8.4.4, 10.0.0.5"})
-        assert r.status_code == 201
         metrics = requests.get(s.url + "/metrics", timeout=5).text
         assert 'digitdraw_feedback_total{result="rate_limited"' in metrics
+
+
+def test_behind_a_trusted_proxy_clients_cannot_walk_around_the_limits(store, tmp_path):
+    """As on Knative: the peer (here the test, on 127.0.0.1) is a trusted proxy, and the
+    client is the right-most X-Forwarded-For entry it did not vouch for."""
+    with ServiceProcess(str(tmp_path), MODEL_URI=store, FEEDBACK_URI=str(tmp_path / "fb"), FEEDBACK_RATE_LIMIT=5,
+                        FEEDBACK_NETWORK_RATE_LIMIT=7, FORWARDED_ALLOW_IPS="127.0.0.1", **DEPLOYED) as s:
+        s.wait_ready()
+        # A second header spelt with underscores would land right-most if it were merged.
+        codes = flood(s.url, 7, lambda k: {"X-Forwarded-For": "198.51.100.7", "X_Forwarded_For": f"203.0.113.{k}"})
+        assert 429 not in codes[:5] and codes[5:] == [429] * 2
+        assert flood(s.url, 1, lambda k: {"X-Forwarded-For": "198.51.100.8"}) != [429]  # another client
+        # Every address of one IPv6 /64 is one client.
+        codes = flood(s.url, 7, lambda k: {"X-Forwarded-For": f"2001:db8:1:2::{k + 1:x}"})
+        assert 429 not in codes[:5] and codes[5:] == [429] * 2
+        # One network (an IPv4 /24, an IPv6 /48) has its own limit beside its clients'.
+        codes = flood(s.url, 9, lambda k: {"X-Forwarded-For": f"192.0.2.{k + 1}"})
+        assert 429 not in codes[:7] and codes[7:] == [429] * 2
+        codes = flood(s.url, 9, lambda k: {"X-Forwarded-For": f"2001:db8:5:{k + 1:x}::1"})
+        assert 429 not in codes[:7] and codes[7:] == [429] * 2
 
 
 def test_a_version_directory_that_lies_is_refused_once_and_never_reloaded(store, tmp_path):
