@@ -82,7 +82,12 @@ SETTINGS = [
      "proxies (addresses or networks, comma-separated) whose X-Forwarded-For entries are believed: the client is "
      "the right-most entry not among them; empty: the peer's address, X-Forwarded-For ignored"),
     ("MAX_BODY_BYTES", "1048576", _int(1), "largest request body, with Content-Length or chunked (413 above)"),
-    ("READ_TIMEOUT_SECONDS", "10", _int(1), "time a request's headers and body may take to arrive (408 after)"),
+    ("READ_TIMEOUT_SECONDS", "10", _int(1),
+     "time a request's headers and body may take to arrive (408 after); an idle keep-alive connection is closed "
+     "after it too"),
+    ("MAX_CONNECTIONS", "8192", _int(1),
+     "connections one worker holds open, idle ones included (Granian's backpressure); more wait in the kernel's "
+     "backlog, so this many idle or slow-header connections must not starve GET /healthz"),
     ("MAX_IMAGE_PIXELS", "262144", _int(1),
      "largest image, width x height (413 above; 512x512, so the costliest image takes a few times a canvas's time)"),
     ("MAX_IMAGE_SIDE", "1024", _int(1), "longest side of an image, in pixels (413 above)"),

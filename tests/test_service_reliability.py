@@ -10,6 +10,7 @@ must keep answering within a second.
 import base64
 import json
 import os
+import selectors
 import shutil
 import signal
 import socket
@@ -110,6 +111,63 @@ def test_stalled_headers_are_cut_off(server):
         assert time.monotonic() - started < 8
     finally:
         sock.close()
+
+
+class IdleConnections:
+    """``n`` connections held open, half silent and half stuck in their headers, each
+    reopened as soon as the server closes it (as an attacker would). ``closed`` counts the
+    server's closes."""
+
+    def __init__(self, port, n):
+        self.port, self.selector, self.closed = port, selectors.DefaultSelector(), 0
+        for i in range(n):
+            self._open(i)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._reopen, daemon=True)
+        self._thread.start()
+
+    def _open(self, i):
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        if i % 2:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        sock.setblocking(False)
+        self.selector.register(sock, selectors.EVENT_READ, i)
+
+    def _reopen(self):
+        while not self._stop.is_set():
+            for key, _ in self.selector.select(timeout=0.1):
+                try:
+                    data = key.fileobj.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:  # the server closed it (a 408 is followed by the close)
+                    self.selector.unregister(key.fileobj)
+                    key.fileobj.close()
+                    self.closed += 1
+                    self._open(key.data)
+
+    def close(self):
+        self._stop.set()
+        self._thread.join()
+        for key in list(self.selector.get_map().values()):
+            key.fileobj.close()
+        self.selector.close()
+
+
+def test_idle_and_slow_header_connections_do_not_starve_liveness(server):
+    """More connections than Granian's default limit (1,024), kept open through a whole round
+    of header timeouts (READ_TIMEOUT_SECONDS=3): liveness answers within a second throughout,
+    and the server does close them."""
+    attack = IdleConnections(server.port, 1030)
+    try:
+        slowest, probes, deadline = 0.0, 0, time.monotonic() + 60
+        while attack.closed < 1030 and time.monotonic() < deadline:
+            slowest, probes = max(slowest, healthz_seconds(server.url)), probes + 1
+        assert attack.closed >= 1030, f"the server closed only {attack.closed} idle connections in 60 s"
+        assert slowest < 1, f"/healthz took {slowest:.2f} s with 1,030 idle connections open"
+        assert probes > 10
+    finally:
+        attack.close()
 
 
 def test_an_oversized_chunked_body_is_413(server):
