@@ -228,3 +228,119 @@ def test_random_feedback(client, body):
         assert json.loads(r.get_data())["status"] in ("stored", "duplicate")
     else:
         check(r)
+
+
+def oip_names(client):
+    return [o["name"] for o in json.loads(client.get("/v2/models/digitdraw").get_data())["outputs"]]
+
+
+DIGIT = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
+
+
+@FUZZ
+@given(picks=st.lists(st.tuples(st.integers(0, 2), st.sampled_from([None, True, False])), max_size=6),
+       every_binary=st.sampled_from([None, True, False]), unknown=st.text(max_size=20))
+def test_oip_outputs_each_named_once(client, picks, every_binary, unknown):
+    """Outputs picked at random, repeats and unknown names among them: a duplicate or an
+    unknown name is a 400; otherwise each output asked for comes back exactly once."""
+    names = oip_names(client) + [unknown]
+    outputs = [{"name": names[i], **({} if b is None else {"parameters": {"binary_data": b}})} for i, b in picks]
+    body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
+                        "data": np.zeros(784).tolist()}]}
+    if outputs:
+        body["outputs"] = outputs
+    if every_binary is not None:
+        body["parameters"] = {"binary_data_output": every_binary}
+    r = client.post("/v2/models/digitdraw/infer", json=body)
+    asked = [o["name"] for o in outputs]
+    if len(set(asked)) < len(asked) or unknown in asked and unknown not in names[:2]:
+        assert r.status_code == 400 and check(r)["error"]["code"] == "invalid_tensor"
+        return
+    assert r.status_code == 200, r.get_data()[:300]
+    data = r.get_data()
+    head = data[:int(r.headers["Inference-Header-Content-Length"])] if "Inference-Header-Content-Length" in r.headers \
+        else data
+    got = [o["name"] for o in json.loads(head)["outputs"]]
+    assert got == (asked if outputs else names[:2])
+    assert len(data) < 4096  # bounded by the work asked for: two outputs of one image
+
+
+@FUZZ
+@given(header=st.one_of(st.integers(-5, 400), st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=12),
+                        st.none()),
+       size=st.one_of(st.just(3136), st.integers(-5, 4000), st.text(max_size=6), st.none()),
+       tail=st.one_of(st.just(DIGIT.tobytes()), st.binary(max_size=4000)),
+       datatype=st.sampled_from(["FP32", "FP64", "BYTES", "INT8"]))
+def test_oip_binary_extension_framing(client, header, size, tail, datatype):
+    """The binary tensor extension framed every way a client or an attacker could: a JSON
+    length that is wrong, negative or not a number, a binary_data_size that disagrees with
+    the shape or the bytes, other datatypes. Only a consistent request gets a 200."""
+    parameters = {} if size is None else {"binary_data_size": size}
+    head = json.dumps({"inputs": [{"name": "image", "datatype": datatype, "shape": [1, 1, 28, 28],
+                                   "parameters": parameters}]}).encode()
+    headers = {} if header is None else {"Inference-Header-Content-Length": str(len(head) if header == 0 else header)}
+    r = client.post("/v2/models/digitdraw/infer", data=head + tail, headers=headers,
+                    content_type="application/octet-stream")
+    consistent = header == 0 and size == 3136 and len(tail) == 3136 and datatype == "FP32"
+    if consistent:
+        assert r.status_code == 200, r.get_data()[:300]
+        assert json.loads(r.get_data())["outputs"][0]["shape"] == [1, 10]
+    else:
+        assert r.status_code != 200
+        check(r)
+
+
+@st.composite
+def non_drawings(draw):
+    """What the issue found stored as corrections, and its kin: dots, filled blocks, noise."""
+    kind = draw(st.sampled_from(["dot", "block", "noise"]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    canvas = np.full((280, 280), 255, np.uint8)
+    if kind == "dot":
+        side = draw(st.integers(1, 4))
+        y, x = draw(st.integers(0, 280 - side)), draw(st.integers(0, 280 - side))
+        canvas[y:y + side, x:x + side] = 0
+        return canvas
+    if kind == "block":
+        h = draw(st.integers(40, 200))  # near square: a long thin block is a stroke (a 1)
+        w = draw(st.integers(h * 9 // 10, h))
+        canvas[20:20 + h, 30:30 + w] = 0
+        return canvas
+    side = draw(st.integers(32, 96))
+    return np.random.default_rng(seed).integers(0, 256, (side, side), dtype=np.uint8)
+
+
+@FUZZ
+@given(pixels=non_drawings())
+def test_non_drawings_are_never_stored(client, pixels):
+    r = client.post("/feedback", json={"image": b64(png.grey(pixels, level=6)), "label": 1})
+    assert r.status_code == 422, r.get_data()[:300]
+    assert check(r)["error"]["code"] == "not_a_drawing"
+
+
+@pytest.fixture(scope="module")
+def server(trained_store, tmp_path_factory):
+    from service_helpers import ServiceProcess
+
+    with ServiceProcess(str(tmp_path_factory.mktemp("server")), MODEL_URI=trained_store) as s:
+        s.wait_alive()
+        yield s
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(cut=st.lists(st.booleans(), min_size=2, max_size=2), upper=st.lists(st.booleans(), min_size=12, max_size=12),
+       value=st.text("abcdef0123456789", min_size=8, max_size=32))
+def test_header_names_with_underscores_are_dropped(server, cut, upper, value):
+    """A header spelt with underscores (X_Request_Id) is not the header spelt with dashes:
+    the real server ignores it, as nginx does, so it cannot stand in for one a proxy set."""
+    name = "".join(c.upper() if u else c for c, u in zip("x-request-id", upper))
+    first, second = name.split("-")[0], name.split("-")[1]
+    underscored = f"{first}{'_' if cut[0] else '-'}{second}{'_' if cut[1] else '-'}{name.split('-')[2]}"
+    import requests
+
+    got = requests.get(server.url + "/healthz", headers={underscored: value}, timeout=5).headers["X-Request-Id"]
+    if "_" in underscored:
+        assert got != value
+    else:
+        assert got == value
