@@ -14,7 +14,12 @@ times GET /healthz: what a Knative liveness probe would see. The cases:
   (MAX_BATCH_PIXELS);
 - refused before decoding: 64 PNGs of 1 x 4,194,304 pixels, and a 64-image batch of
   512x512 images (over the batch's pixels);
-- stalled uploads: three connections that send their headers and stop (only liveness).
+- the Open Inference Protocol: 64 inputs with the output named 5,000 times (refused: each
+  output may be named once), and 64 inputs sent and answered as binary tensor data (the
+  KServe and Triton clients' default);
+- stalled uploads: three connections that send their headers and stop (only liveness);
+- idle connections: 1,030 (more than Granian's default limit), half silent and half stuck in
+  their headers, reopened as the server closes them (only liveness).
 
     python -m bench.worst_case --store model-store
 
@@ -25,6 +30,7 @@ import base64
 import io
 import json
 import os
+import selectors
 import socket
 import statistics
 import threading
@@ -60,6 +66,26 @@ def batch_body(pngs):
     return json.dumps({"images": ["data:image/png;base64," + base64.b64encode(p).decode() for p in pngs]}).encode()
 
 
+OIP = "/v2/models/digitdraw/infer"
+
+
+def oip_json(n, repeats):
+    """``n`` blank inputs as JSON, the logits output named ``repeats`` times."""
+    return json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [n, 1, 28, 28],
+                                   "data": [0] * (n * 784)}],
+                       "outputs": [{"name": "logits"}] * repeats}).encode()
+
+
+def oip_binary(n):
+    """``n`` inputs as binary tensor data, the reply asked for as binary data too."""
+    x = np.random.default_rng(1).random((n, 1, 28, 28), dtype=np.float32)
+    head = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": list(x.shape),
+                                   "parameters": {"binary_data_size": x.nbytes}}],
+                       "parameters": {"binary_data_output": True}}).encode()
+    return OIP, head + x.tobytes(), {"Content-Type": "application/octet-stream",
+                                     "Inference-Header-Content-Length": str(len(head))}
+
+
 def cases(typical):
     rng = np.random.default_rng(0)
     noise = lambda shape: rng.integers(0, 256, shape, dtype=np.uint8)  # noqa: E731
@@ -75,11 +101,18 @@ def cases(typical):
         "batch of 64 RGBA 320x320 canvases": batch_body([encode(drawing(320))] * 64),
         "batch of 64 1x4194304 PNGs (refused)": batch_body([png.grey(np.zeros((1, 4_194_304), np.uint8), 9)] * 64),
         "batch of 64 512x512 images (refused)": batch_body([encode(drawing(512))] * 64),
+        "OIP: 64 inputs, the output named 5,000 times (refused)": (OIP, oip_json(64, 5000), JSON),
+        "OIP: 64 inputs, binary tensor data both ways": oip_binary(64),
     }
 
 
-def post(url, body):
-    req = urllib.request.Request(url + "/predict", data=body, headers={"Content-Type": "application/json"})
+JSON = {"Content-Type": "application/json"}
+
+
+def post(url, request):
+    """The status of ``request``: a /predict JSON body, or (path, body, headers)."""
+    path, body, headers = request if isinstance(request, tuple) else ("/predict", request, JSON)
+    req = urllib.request.Request(url + path, data=body, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status
@@ -135,6 +168,54 @@ def stalled_uploads(port, n=3):
     return socks
 
 
+def idle_connections(server, n):
+    """Liveness timings while ``n`` connections, half silent and half stuck in their
+    headers, are held open and reopened as the server closes them, until the server has
+    closed ``n`` of them (a whole round of READ_TIMEOUT_SECONDS)."""
+    selector, closed = selectors.DefaultSelector(), [0]
+
+    def open_one(i):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        if i % 2:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ, i)
+
+    for i in range(n):
+        open_one(i)
+    stop = threading.Event()
+
+    def reopen():
+        while not stop.is_set():
+            for key, _ in selector.select(timeout=0.1):
+                try:
+                    data = key.fileobj.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    selector.unregister(key.fileobj)
+                    key.fileobj.close()
+                    closed[0] += 1
+                    open_one(key.data)
+
+    t = threading.Thread(target=reopen)
+    t.start()
+    times = []
+    try:
+        while closed[0] < n:
+            started = time.monotonic()
+            with urllib.request.urlopen(server.url + "/healthz", timeout=30):
+                pass
+            times.append((time.monotonic() - started) * 1000)
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        t.join()
+        for key in list(selector.get_map().values()):
+            key.fileobj.close()
+    return {"p50": round(statistics.median(times), 2), "max": round(max(times), 2), "probes": len(times)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", default=os.path.join(ROOT, "model-store"), help="model store (default model-store)")
@@ -152,11 +233,12 @@ def main():
         quiet = healthz_ms(server.url)
         results["healthz_ms_idle"] = quiet
         for name, body in bodies.items():
+            size = len(body[1] if isinstance(body, tuple) else body)
             statuses, cpu_ms, wall_ms = measure(server, body, args.repeat)
             live = under_attack(server, lambda body=body: post(server.url, body))
-            results["cases"][name] = {"status": statuses, "body_bytes": len(body), "server_cpu_ms": cpu_ms,
+            results["cases"][name] = {"status": statuses, "body_bytes": size, "server_cpu_ms": cpu_ms,
                                       "wall_ms": wall_ms, "healthz_ms_meanwhile": live}
-            print(f"{name:42s} {str(statuses):10s} {len(body):9,d} B  cpu {cpu_ms:8.2f} ms  wall {wall_ms:8.2f} ms"
+            print(f"{name:42s} {str(statuses):10s} {size:9,d} B  cpu {cpu_ms:8.2f} ms  wall {wall_ms:8.2f} ms"
                   f"  healthz p50 {live['p50']} max {live['max']} ms", flush=True)
         socks = stalled_uploads(server.port)
         try:
@@ -165,12 +247,14 @@ def main():
             for s in socks:
                 s.close()
         print(f"{'3 stalled uploads':42s} healthz {results['cases']['3 stalled uploads']['healthz_ms_meanwhile']}")
+        results["cases"]["1,030 idle connections"] = {"healthz_ms_meanwhile": idle_connections(server, 1030)}
+        print(f"{'1,030 idle connections':42s} healthz {results['cases']['1,030 idle connections']['healthz_ms_meanwhile']}")
     finally:
         server.stop()
     typical_cpu = results["cases"]["typical: the page's canvas"]["server_cpu_ms"]
     accepted = {k: v for k, v in results["cases"].items() if v.get("status") == [200]}
     results["worst_accepted"] = max(accepted, key=lambda k: accepted[k]["server_cpu_ms"])
-    results["worst_single_accepted"] = max((k for k in accepted if "batch" not in k),
+    results["worst_single_accepted"] = max((k for k in accepted if "batch" not in k and "64 inputs" not in k),
                                            key=lambda k: accepted[k]["server_cpu_ms"])
     results["worst_single_accepted_over_typical"] = round(
         accepted[results["worst_single_accepted"]]["server_cpu_ms"] / typical_cpu, 1)
