@@ -1,0 +1,289 @@
+"""The review queue: every record of a feedback store, in memory, filtered, sorted and paged.
+
+The queue lists the store's records and reads each one once: a refresh (at most every
+``refresh_seconds``, when a request comes) lists again and reads only the records it has not
+seen. The states come from the decisions module's listing and the suspicion scores from the
+triage module, the same code the review CLI and the training loader use; a decision made
+here goes through that same module (create-only markers) and updates the queue at once.
+
+A page is ``limit`` records of those a Query lets through, in its order, after its cursor:
+the id of the last record of the previous page. Paging by the last record's place in the
+order (not by an offset) means that deciding records on one page, which takes them out of a
+"pending" queue, never makes the next page skip any.
+"""
+import base64
+import bisect
+import concurrent.futures
+import dataclasses
+import datetime
+import re
+import threading
+import time
+
+from service import contract
+from service.store import StoreError
+from training.feedback import decisions, triage
+from training.feedback.records import check
+
+READERS = 16          # records read at once: a GCS read is a round trip of tens of ms
+PAGE_LIMIT, MAX_LIMIT = 48, 200
+SUSPECTS = 10         # clients and networks /api/suspects lists, of each kind
+STATES = ("all", *decisions.STATES)     # the first is no filter
+SORTS = ("suspicion", "newest", "oldest", "label", "reading", "client")
+KINDS = ("client", "network")
+RECORD_ID = re.compile(r"[0-9a-f]{64}")
+DAY = re.compile(r"\d{4}-\d\d-\d\d")
+
+
+class QueryError(ValueError):
+    """A query the queue cannot answer: a bad filter, sort or cursor (400)."""
+
+    status, code = 400, "bad_request"
+
+
+@dataclasses.dataclass
+class Item:
+    """One readable record as the queue holds it."""
+
+    id: str
+    label: int
+    predicted: int | None
+    client: str | None
+    network: str | None
+    created_at: str
+    stamp: float        # created_at in seconds since the epoch; 0 if it has none
+    day: str | None
+    model_version: str | None
+    pixels: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    state: str = decisions.PENDING
+    day: str | None = None
+    label: int | None = None
+    reading: int | None = None
+    client: str | None = None
+    network: str | None = None
+    sort: str = "suspicion"
+    cursor: str | None = None
+    limit: int = PAGE_LIMIT
+
+    @classmethod
+    def parse(cls, args):
+        """A Query from a request's arguments; QueryError names what is wrong."""
+        def digit(name):
+            text = args.get(name, "")
+            if text == "":
+                return None
+            if not (text.isdigit() and int(text) < contract.CLASSES):
+                raise QueryError(f"{name}={text[:20]!r}: give a digit 0-9, or nothing for any")
+            return int(text)
+
+        state, sort = args.get("state") or decisions.PENDING, args.get("sort") or "suspicion"
+        if state not in STATES:
+            raise QueryError(f"state={state[:20]!r}: use one of {', '.join(STATES)}")
+        if sort not in SORTS:
+            raise QueryError(f"sort={sort[:20]!r}: use one of {', '.join(SORTS)}")
+        day = args.get("day") or None
+        if day is not None and not DAY.fullmatch(day):
+            raise QueryError(f"day={day[:20]!r}: give a day YYYY-MM-DD")
+        cursor = args.get("cursor") or None
+        if cursor is not None and not RECORD_ID.fullmatch(cursor):
+            raise QueryError("cursor: give the id of the last record of the previous page")
+        limit = args.get("limit") or str(PAGE_LIMIT)
+        if not (limit.isdigit() and 1 <= int(limit) <= MAX_LIMIT):
+            raise QueryError(f"limit={limit[:20]!r}: give a whole number from 1 to {MAX_LIMIT}")
+        return cls(state, day, digit("label"), digit("reading"), args.get("client") or None,
+                   args.get("network") or None, sort, cursor, int(limit))
+
+    def keeps(self, item, state):
+        return ((self.state == "all" or state == self.state) and (self.day is None or item.day == self.day)
+                and (self.label is None or item.label == self.label)
+                and (self.reading is None or item.predicted == self.reading)
+                and (self.client is None or item.client == self.client)
+                and (self.network is None or item.network == self.network))
+
+
+def _stamp(created):
+    try:
+        return datetime.datetime.fromisoformat(created).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _item(record_id, record, pixels):
+    created = record.get("created_at") if isinstance(record.get("created_at"), str) else ""
+    return Item(record_id, record["label"], record.get("predicted"), record.get("client_id"),
+                record.get("network") if isinstance(record.get("network"), str) else None, created, _stamp(created),
+                created[:10] if DAY.match(created) else None,
+                record.get("model_version") if isinstance(record.get("model_version"), str) else None,
+                pixels.tobytes())
+
+
+class Queue:
+    """The records of ``store``, their states and their suspicion, kept fresh by ``refresh``."""
+
+    def __init__(self, store, refresh_seconds=10, clock=time.monotonic):
+        self.store, self.refresh_seconds, self.clock = store, refresh_seconds, clock
+        self.items, self.unreadable = {}, {}   # id -> Item; id -> why it could not be read
+        self.states = {}                       # id -> state, for the decided ones
+        self.scores = None                     # triage's ranking of the records in self.items
+        self.refreshed = None
+        self._orders = {}                      # (version, query without cursor and limit) -> [(key, id)]
+        self.version = 0
+        self._lock = threading.RLock()
+        self._pool = None
+
+    def _readers(self):
+        if self._pool is None:  # made on first use: the server forks its worker after building the queue
+            self._pool = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="review-read")
+        return self._pool
+
+    # -- keeping up with the store ---------------------------------------------------------
+
+    def refresh(self, force=False):
+        """List the store and read the records not seen yet, if the queue is older than
+        ``refresh_seconds`` (or ``force``). StoreError if the store cannot be listed."""
+        with self._lock:
+            now = self.clock()
+            if not force and self.refreshed is not None and now - self.refreshed < self.refresh_seconds:
+                return
+            keys = self.store.list(contract.RECORDS)
+            ids = [k.rsplit("/", 1)[-1].removesuffix(".json") for k in keys if k.endswith(".json")]
+            new = [i for i in ids if i not in self.items and i not in self.unreadable]
+            for record_id, result in self._readers().map(self._read, new):
+                if isinstance(result, str):
+                    self.unreadable[record_id] = result
+                else:
+                    self.items[record_id] = result
+            states = decisions.states(self.store)
+            if new or states != self.states or self.scores is None:
+                self.states = states
+                self.scores = triage.rank(list(self._records()), self.states)
+                self.version += 1
+                self._orders.clear()
+            self.refreshed = now
+
+    def _read(self, record_id):
+        try:
+            record, pixels = check(self.store.read(contract.record_key(record_id)), record_id)
+            return record_id, _item(record_id, record, pixels)
+        except (StoreError, ValueError, KeyError, TypeError) as e:
+            return record_id, f"{type(e).__name__}: {e}"
+
+    def _records(self):
+        for item in self.items.values():
+            yield {"id": item.id, "label": item.label, "predicted": item.predicted, "client_id": item.client,
+                   "network": item.network, "created_at": item.created_at, "pixels": item.pixels}
+
+    def state(self, record_id):
+        return self.states.get(record_id, decisions.PENDING)
+
+    # -- reading it -----------------------------------------------------------------------
+
+    def _key(self, query, item):
+        score = self.scores.record_score(item.id)
+        return {"suspicion": (-score, -item.stamp), "newest": (-item.stamp,), "oldest": (item.stamp,),
+                "label": (item.label, -score), "reading": (-1 if item.predicted is None else item.predicted, -score),
+                "client": (item.client or "", -item.stamp)}[query.sort] + (item.id,)
+
+    def _order(self, query):
+        whole = dataclasses.replace(query, cursor=None, limit=PAGE_LIMIT)
+        cached = self._orders.get((self.version, whole))
+        if cached is None:
+            cached = sorted((self._key(query, item), item.id) for item in self.items.values()
+                            if query.keeps(item, self.state(item.id)))
+            self._orders[(self.version, whole)] = cached
+        return cached
+
+    def page(self, query):
+        """One page of the queue for ``query``: its records (pixels as base64), the cursor of the
+        next page (None on the last), how many records the query lets through, and the counts
+        of every state and the days there are records of, for the filters."""
+        self.refresh()
+        with self._lock:
+            order = self._order(query)
+            start = 0
+            if query.cursor:
+                last = self.items.get(query.cursor)
+                if last is None:
+                    raise QueryError("cursor: no such record in the queue; start from the first page")
+                start = bisect.bisect_right(order, (self._key(query, last), last.id))
+            chosen = order[start:start + query.limit]
+            more = start + query.limit < len(order)
+            counts = {s: 0 for s in decisions.STATES}
+            for record_id in self.items:
+                counts[self.state(record_id)] += 1
+            return {"records": [self.view(self.items[i]) for _, i in chosen],
+                    "next": chosen[-1][1] if more and chosen else None, "total": len(order),
+                    "counts": counts, "unreadable": len(self.unreadable),
+                    "days": sorted({i.day for i in self.items.values() if i.day}, reverse=True)}
+
+    def view(self, item):
+        """A record as the page shows it."""
+        score = self.scores.record(item.id)
+        return {"id": item.id, "label": item.label, "predicted": item.predicted, "client": item.client,
+                "network": item.network, "created_at": item.created_at or None, "day": item.day,
+                "model_version": item.model_version, "state": self.state(item.id),
+                "score": score.score, "reasons": score.reasons,
+                "pixels": base64.b64encode(item.pixels).decode()}
+
+    def record(self, record_id):
+        """One record and its decision history, oldest first; None if the queue has no such record."""
+        self.refresh()
+        with self._lock:
+            item = self.items.get(record_id)
+            if item is None:
+                return None
+            found = self.view(item)
+        return {**found, "history": decisions.history(self.store, record_id)}
+
+    def suspects(self):
+        """The most suspicious clients and networks, most suspicious first, with their reasons
+        and how many of their records are still pending."""
+        self.refresh()
+        with self._lock:
+            out = {}
+            for kind in KINDS:
+                rows = []
+                for suspect in self.scores.top(kind, SUSPECTS):
+                    ids = self._ids_of(kind, suspect.key)
+                    rows.append({"key": suspect.key, "score": suspect.score, "reasons": suspect.reasons,
+                                 "records": len(ids), "pending": sum(self.state(i) == decisions.PENDING for i in ids)})
+                out[kind] = rows
+            return out
+
+    def _ids_of(self, kind, key):
+        field = "client" if kind == "client" else "network"
+        return [i.id for i in self.items.values() if getattr(i, field) == key]
+
+    def pending_of(self, kind, key):
+        """The ids of every pending record of client or network ``key``."""
+        self.refresh()
+        with self._lock:
+            return [i for i in self._ids_of(kind, key) if self.state(i) == decisions.PENDING]
+
+    # -- deciding -------------------------------------------------------------------------
+
+    def decide(self, ids, state, by, reason):
+        """Decide each of ``ids`` through the decisions module, READERS at a time. Returns
+        {"decided": [{id, state}], "unchanged": [ids already in that state], "missing": [ids
+        the queue does not hold]}."""
+        self.refresh()
+        with self._lock:
+            missing = [i for i in ids if i not in self.items]
+            unchanged = [i for i in ids if i in self.items and self.state(i) == state]
+            todo = list(dict.fromkeys(i for i in ids if i in self.items and self.state(i) != state))
+
+        def one(record_id):
+            decisions.decide(self.store, record_id, state, by=by, reason=reason)
+            return record_id
+
+        done = list(self._readers().map(one, todo))
+        with self._lock:
+            for record_id in done:
+                self.states[record_id] = state
+            self.version += 1
+            self._orders.clear()
+        return {"decided": [{"id": i, "state": state} for i in done], "unchanged": unchanged, "missing": missing}
