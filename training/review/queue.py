@@ -13,26 +13,23 @@ order (not by an offset) means that deciding records on one page, which takes th
 """
 import base64
 import bisect
-import concurrent.futures
 import dataclasses
 import datetime
 import re
 import threading
 import time
 
-from service import contract
-from service.store import StoreError
-from training.feedback import decisions, triage
-from training.feedback.records import check
+import numpy as np
 
-READERS = 16          # records read at once: a GCS read is a round trip of tens of ms
+from service import contract
+from training.feedback import decisions, records, triage
+
 PAGE_LIMIT, MAX_LIMIT = 48, 200
 SUSPECTS = 10         # clients and networks /api/suspects lists, of each kind
 STATES = ("all", *decisions.STATES)     # the first is no filter
 SORTS = ("suspicion", "newest", "oldest", "label", "reading", "client")
 KINDS = ("client", "network")
-RECORD_ID = re.compile(r"[0-9a-f]{64}")
-DAY = re.compile(r"\d{4}-\d\d-\d\d")
+RECORD_ID, DAY = records.ID, records.DAY
 
 
 class QueryError(ValueError):
@@ -54,6 +51,7 @@ class Item:
     stamp: float        # created_at in seconds since the epoch; 0 if it has none
     day: str | None
     model_version: str | None
+    confidence: float | None  # the model's probability of its reading, when the service stored it
     pixels: bytes
 
 
@@ -118,6 +116,7 @@ def _item(record_id, record, pixels):
                 record.get("network") if isinstance(record.get("network"), str) else None, created, _stamp(created),
                 created[:10] if DAY.match(created) else None,
                 record.get("model_version") if isinstance(record.get("model_version"), str) else None,
+                record.get("confidence") if isinstance(record.get("confidence"), (int, float)) else None,
                 pixels.tobytes())
 
 
@@ -127,18 +126,13 @@ class Queue:
     def __init__(self, store, refresh_seconds=10, clock=time.monotonic):
         self.store, self.refresh_seconds, self.clock = store, refresh_seconds, clock
         self.items, self.unreadable = {}, {}   # id -> Item; id -> why it could not be read
-        self.states = {}                       # id -> state, for the decided ones
-        self.scores = None                     # triage's ranking of the records in self.items
+        self.states = {}                       # id -> state (decisions.STATES) of every record in items
+        self.found = None                      # triage.Triage of the records in items
+        self.by_id = {}                        # id -> its triage.Suspicion
         self.refreshed = None
         self._orders = {}                      # (version, query without cursor and limit) -> [(key, id)]
         self.version = 0
         self._lock = threading.RLock()
-        self._pool = None
-
-    def _readers(self):
-        if self._pool is None:  # made on first use: the server forks its worker after building the queue
-            self._pool = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="review-read")
-        return self._pool
 
     # -- keeping up with the store ---------------------------------------------------------
 
@@ -149,33 +143,27 @@ class Queue:
             now = self.clock()
             if not force and self.refreshed is not None and now - self.refreshed < self.refresh_seconds:
                 return
-            keys = self.store.list(contract.RECORDS)
-            ids = [k.rsplit("/", 1)[-1].removesuffix(".json") for k in keys if k.endswith(".json")]
+            ids = records.record_ids(self.store)
             new = [i for i in ids if i not in self.items and i not in self.unreadable]
-            for record_id, result in self._readers().map(self._read, new):
+            for record_id, result in records.read(self.store, new):
                 if isinstance(result, str):
                     self.unreadable[record_id] = result
                 else:
-                    self.items[record_id] = result
-            states = decisions.states(self.store)
-            if new or states != self.states or self.scores is None:
+                    self.items[record_id] = _item(record_id, *result)
+            states = decisions.states(self.store, list(self.items))
+            if new or states != self.states or self.found is None:
                 self.states = states
-                self.scores = triage.rank(list(self._records()), self.states)
+                self.found = triage.triage(self._for_triage())
+                self.by_id = self.found.by_id
                 self.version += 1
                 self._orders.clear()
             self.refreshed = now
 
-    def _read(self, record_id):
-        try:
-            record, pixels = check(self.store.read(contract.record_key(record_id)), record_id)
-            return record_id, _item(record_id, record, pixels)
-        except (StoreError, ValueError, KeyError, TypeError) as e:
-            return record_id, f"{type(e).__name__}: {e}"
-
-    def _records(self):
+    def _for_triage(self):
         for item in self.items.values():
             yield {"id": item.id, "label": item.label, "predicted": item.predicted, "client_id": item.client,
-                   "network": item.network, "created_at": item.created_at, "pixels": item.pixels}
+                   "network": item.network, "created_at": item.created_at, "confidence": item.confidence,
+                   "pixels": np.frombuffer(item.pixels, np.uint8)}
 
     def state(self, record_id):
         return self.states.get(record_id, decisions.PENDING)
@@ -183,7 +171,7 @@ class Queue:
     # -- reading it -----------------------------------------------------------------------
 
     def _key(self, query, item):
-        score = self.scores.record_score(item.id)
+        score = self.by_id[item.id].score
         return {"suspicion": (-score, -item.stamp), "newest": (-item.stamp,), "oldest": (item.stamp,),
                 "label": (item.label, -score), "reading": (-1 if item.predicted is None else item.predicted, -score),
                 "client": (item.client or "", -item.stamp)}[query.sort] + (item.id,)
@@ -222,11 +210,11 @@ class Queue:
 
     def view(self, item):
         """A record as the page shows it."""
-        score = self.scores.record(item.id)
+        score = self.by_id[item.id]
         return {"id": item.id, "label": item.label, "predicted": item.predicted, "client": item.client,
                 "network": item.network, "created_at": item.created_at or None, "day": item.day,
                 "model_version": item.model_version, "state": self.state(item.id),
-                "score": score.score, "reasons": score.reasons,
+                "score": round(score.score, 2), "reasons": score.reasons, "suspicious": score.suspicious,
                 "pixels": base64.b64encode(item.pixels).decode()}
 
     def record(self, record_id):
@@ -240,19 +228,14 @@ class Queue:
         return {**found, "history": decisions.history(self.store, record_id)}
 
     def suspects(self):
-        """The most suspicious clients and networks, most suspicious first, with their reasons
-        and how many of their records are still pending."""
+        """The most suspicious clients and networks (of those triage finds anything unusual in),
+        most suspicious first, with their reasons and how many of their records are still pending."""
         self.refresh()
         with self._lock:
-            out = {}
-            for kind in KINDS:
-                rows = []
-                for suspect in self.scores.top(kind, SUSPECTS):
-                    ids = self._ids_of(kind, suspect.key)
-                    rows.append({"key": suspect.key, "score": suspect.score, "reasons": suspect.reasons,
-                                 "records": len(ids), "pending": sum(self.state(i) == decisions.PENDING for i in ids)})
-                out[kind] = rows
-            return out
+            ranked = {"client": self.found.clients, "network": self.found.networks}
+            return {kind: [{**s.as_dict(), "suspicious": s.suspicious,
+                            "pending": sum(self.state(i) == decisions.PENDING for i in s.ids)}
+                           for s in ranked[kind][:SUSPECTS] if s.score > 0] for kind in KINDS}
 
     def _ids_of(self, kind, key):
         field = "client" if kind == "client" else "network"
@@ -267,23 +250,19 @@ class Queue:
     # -- deciding -------------------------------------------------------------------------
 
     def decide(self, ids, state, by, reason):
-        """Decide each of ``ids`` through the decisions module, READERS at a time. Returns
-        {"decided": [{id, state}], "unchanged": [ids already in that state], "missing": [ids
-        the queue does not hold]}."""
+        """Decide ``state`` on each of ``ids`` as ``by`` for ``reason``, through the decisions
+        module (which writes only where the state changes). Returns {"decided": [{id, state}],
+        "unchanged": [ids already in that state], "missing": [ids the queue does not hold]}."""
         self.refresh()
         with self._lock:
             missing = [i for i in ids if i not in self.items]
-            unchanged = [i for i in ids if i in self.items and self.state(i) == state]
-            todo = list(dict.fromkeys(i for i in ids if i in self.items and self.state(i) != state))
-
-        def one(record_id):
-            decisions.decide(self.store, record_id, state, by=by, reason=reason)
-            return record_id
-
-        done = list(self._readers().map(one, todo))
+            known = [i for i in ids if i in self.items]
+            current = dict(self.states)
+        results = decisions.decide(self.store, known, state, reason, by=by, current=current)
         with self._lock:
-            for record_id in done:
-                self.states[record_id] = state
+            for r in results:
+                self.states[r.id] = r.after
             self.version += 1
             self._orders.clear()
-        return {"decided": [{"id": i, "state": state} for i in done], "unchanged": unchanged, "missing": missing}
+        return {"decided": [{"id": r.id, "state": r.after} for r in results if r.written],
+                "unchanged": [r.id for r in results if not r.written], "missing": missing}

@@ -24,7 +24,10 @@ def _log_config(level):
             "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
             "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr",
                                     "formatter": "plain"}},
-            "root": {"handlers": ["stderr"], "level": level.upper()}}
+            "root": {"handlers": ["stderr"], "level": level.upper()},
+            # Granian's own loggers: through the root handler like the rest.
+            "loggers": {"_granian": {"handlers": [], "propagate": True},
+                        "granian.access": {"handlers": [], "propagate": True}}}
 
 
 def build(args):

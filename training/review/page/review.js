@@ -81,7 +81,7 @@ function tileFor(record) {
   const canvas = tile.querySelector('canvas');
   canvas.setAttribute('aria-label', `Digit ${record.id.slice(0, 8)}, ${what}`);
   draw(canvas, record.pixels);
-  tile.querySelector('.caption').textContent = `${record.label} · ${reading(record)}`;
+  tile.querySelector('.caption').textContent = `label ${record.label} · ${record.predicted === null ? 'no reading' : `read ${record.predicted}`}`;
   tile.querySelector('.why').textContent = record.reasons.length
     ? `suspicion ${record.score.toFixed(2)}: ${record.reasons.join('; ')}` : 'nothing suspicious';
   for (const [cls, label] of [['approve', 'Approve'], ['reject', 'Reject'], ['show-history', 'History']]) {
@@ -135,7 +135,7 @@ async function loadSuspects() {
       list.replaceChildren(...suspects[kind].map((s) => suspectFor(kind, s)));
       if (!suspects[kind].length) {
         const none = document.createElement('li');
-        none.textContent = 'none';
+        none.textContent = 'none suspicious';
         list.append(none);
       }
     }
@@ -260,7 +260,7 @@ async function showHistory(tile) {
     const list = $('history-list');
     list.replaceChildren(...record.history.map((d) => {
       const li = document.createElement('li');
-      li.textContent = `${d.state} by ${d.by} at ${d.at}: ${d.reason}`;
+      li.textContent = `${d.decision} by ${d.by || '?'} at ${d.at || '?'}: ${d.reason || '-'}${d.unreadable ? ` (unreadable: ${d.unreadable})` : ''}`;
       return li;
     }));
     if (!record.history.length) {
