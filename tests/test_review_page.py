@@ -198,8 +198,9 @@ def test_reviewing_in_the_browser_by_keyboard_and_mouse(store, tmp_path):
         # One action rejects everything still pending from a client, then from the other.
         rejected = {*first[:5]}
         for client in ("attacker-1", "attacker-2"):
-            page.locator(f"[data-testid=suspect-client][data-key={client}]").get_by_test_id("suspect-reject").click()
-            expect(page.get_by_test_id("status")).to_contain_text("Rejected")
+            suspect = page.locator(f"[data-testid=suspect-client][data-key={client}]")
+            suspect.get_by_test_id("suspect-reject").click()
+            expect(suspect).to_contain_text(f"· 0 of {len(who[client])} pending")
             rejected |= set(who[client])
         expect(page.get_by_test_id("counts")).to_have_text("39 pending, 1 approved, 42 rejected")
 
@@ -222,6 +223,7 @@ def test_reviewing_in_the_browser_by_keyboard_and_mouse(store, tmp_path):
 
         page.get_by_test_id("filter-state").select_option("pending")
         page.get_by_test_id("apply").click()
+        expect(page.get_by_test_id("position")).to_have_text("page 1: 39 of 39 matching")
         pending = tile_ids(page)
         assert set(pending) == set(who["honest"]) - {first[42]}
         page.get_by_test_id("select").first.focus()

@@ -200,13 +200,17 @@ class Queue:
                 start = bisect.bisect_right(order, (self._key(query, last), last.id))
             chosen = order[start:start + query.limit]
             more = start + query.limit < len(order)
-            counts = {s: 0 for s in decisions.STATES}
-            for record_id in self.items:
-                counts[self.state(record_id)] += 1
             return {"records": [self.view(self.items[i]) for _, i in chosen],
                     "next": chosen[-1][1] if more and chosen else None, "total": len(order),
-                    "counts": counts, "unreadable": len(self.unreadable),
+                    "counts": self.counts(), "unreadable": len(self.unreadable),
                     "days": sorted({i.day for i in self.items.values() if i.day}, reverse=True)}
+
+    def counts(self):
+        """How many records are in each state."""
+        counts = {s: 0 for s in decisions.STATES}
+        for record_id in self.items:
+            counts[self.state(record_id)] += 1
+        return counts
 
     def view(self, item):
         """A record as the page shows it."""
@@ -252,7 +256,8 @@ class Queue:
     def decide(self, ids, state, by, reason):
         """Decide ``state`` on each of ``ids`` as ``by`` for ``reason``, through the decisions
         module (which writes only where the state changes). Returns {"decided": [{id, state}],
-        "unchanged": [ids already in that state], "missing": [ids the queue does not hold]}."""
+        "unchanged": [ids already in that state], "missing": [ids the queue does not hold],
+        "counts": the records in each state after}."""
         self.refresh()
         with self._lock:
             missing = [i for i in ids if i not in self.items]
@@ -264,5 +269,6 @@ class Queue:
                 self.states[r.id] = r.after
             self.version += 1
             self._orders.clear()
+            counts = self.counts()
         return {"decided": [{"id": r.id, "state": r.after} for r in results if r.written],
-                "unchanged": [r.id for r in results if not r.written], "missing": missing}
+                "unchanged": [r.id for r in results if not r.written], "missing": missing, "counts": counts}

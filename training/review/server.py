@@ -10,7 +10,7 @@ import os
 import sys
 
 from service.store import StoreError, StoreUnreachable, open_store
-from training.registry import actor
+from training.cli import actor
 
 from .app import create_app, link_for
 from .auth import IapAuth, LinkAuth

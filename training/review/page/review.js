@@ -13,6 +13,7 @@ const view = {
   next: null,
   total: 0,
   busy: false,
+  unreadable: 0,
 };
 
 function query(cursor) {
@@ -97,6 +98,11 @@ function tiles() { return [...$('tiles').children]; }
 function selected() { return tiles().filter((t) => t.querySelector('.select').checked); }
 function recordOf(tile) { return view.records.find((r) => r.id === tile.dataset.id); }
 
+function showCounts(c) {
+  $('counts').textContent = `${c.pending} pending, ${c.approved} approved, ${c.rejected} rejected`
+    + (view.unreadable ? `, ${view.unreadable} unreadable (python -m training.feedback show ID says why)` : '');
+}
+
 function render(page) {
   const hadFocus = $('tiles').contains(document.activeElement);
   view.records = page.records;
@@ -109,9 +115,8 @@ function render(page) {
     ? `page ${first + 1}: ${shown} of ${page.total} matching` : `no records match (${page.total})`;
   $('previous').disabled = view.cursors.length < 2;
   $('next').disabled = !page.next;
-  const c = page.counts;
-  $('counts').textContent = `${c.pending} pending, ${c.approved} approved, ${c.rejected} rejected`
-    + (page.unreadable ? `, ${page.unreadable} unreadable (python -m training.feedback show ID says why)` : '');
+  view.unreadable = page.unreadable;
+  showCounts(page.counts);
   const day = $('filter-day');
   const chosen = day.value;
   day.replaceChildren(new Option('any', ''), ...page.days.map((d) => new Option(d, d)));
@@ -163,7 +168,7 @@ function suspectFor(kind, suspect) {
   });
   const reject = item.querySelector('.suspect-reject');
   reject.dataset.testid = 'suspect-reject';
-  reject.setAttribute('aria-label', `Reject every pending record of ${kind} ${suspect.key}`);
+  reject.setAttribute('aria-label', `Reject all pending of ${kind} ${suspect.key}`);
   reject.disabled = suspect.pending === 0;
   reject.addEventListener('click', async () => {
     if (!window.confirm(`Reject all ${suspect.pending} pending records of ${kind} ${suspect.key}?`)) return;
@@ -190,6 +195,7 @@ async function decide(which, state) {
         tile.classList.remove('selected');
       }
     }
+    showCounts(result.counts);
     const unchanged = result.unchanged.length ? `; ${result.unchanged.length} already ${state}` : '';
     say(`${state === 'approved' ? 'Approved' : 'Rejected'} ${result.decided.length} record`
         + `${result.decided.length === 1 ? '' : 's'}${unchanged}.`);
