@@ -79,3 +79,22 @@ def test_a_refresh_reads_only_new_records_and_sees_the_clis_decisions(queue):
     assert q.counts() == {"pending": 23, "approved": 3, "rejected": 0}
     assert sorted(q.pending_of("client", "attacker")) == sorted(ids[3:12])
     assert [h["by"] for h in q.record(ids[0])["history"]] == ["cli"]
+
+
+def test_the_app_answers_503_without_data_while_the_store_is_away(queue):
+    import os
+
+    from training.review.app import create_app
+    from training.review.auth import LinkAuth
+
+    q, ids = queue
+    auth = LinkAuth("tester", 60, 60)
+    client = create_app(q, auth).test_client()
+    assert client.get(f"/login?token={auth.new_link_token()}").status_code == 303
+    assert client.get("/api/records").status_code == 200
+    os.rename(q.store.root, q.store.root + ".away")  # an unmounted volume
+    r = client.get("/api/records")
+    assert r.status_code == 503 and r.get_json()["error"]["code"] == "store_unavailable"
+    assert not any(i in r.get_data(as_text=True) for i in ids)
+    os.rename(q.store.root + ".away", q.store.root)
+    assert client.get("/api/records").status_code == 200

@@ -19,6 +19,9 @@ import logging
 import os
 
 from flask import Flask, Response, g, redirect, request, send_from_directory
+from werkzeug.exceptions import HTTPException
+
+from service.store import StoreError
 
 from . import auth as auth_module
 from .queue import KINDS, STATES, Query, QueryError, RECORD_ID
@@ -69,21 +72,23 @@ def create_app(queue, auth, secure_cookies=False):
         response.headers.update(HEADERS)
         return response
 
-    @app.errorhandler(404)
-    def not_found(e):
-        return error(404, "not_found", f"nothing at {request.path[:80]}")
-
-    @app.errorhandler(405)
-    def not_allowed(e):
-        return error(405, "method_not_allowed", f"{request.method} is not allowed on {request.path[:80]}")
-
-    @app.errorhandler(413)
-    def too_large(e):
-        return error(413, "body_too_large", "the request body is too large; decide fewer records at once")
+    @app.errorhandler(HTTPException)
+    def http_error(e):
+        messages = {404: ("not_found", f"nothing at {request.path[:80]}"),
+                    405: ("method_not_allowed", f"{request.method} is not allowed on {request.path[:80]}"),
+                    413: ("body_too_large", "the request body is too large; decide fewer records at once")}
+        code, message = messages.get(e.code, ("bad_request" if e.code < 500 else "internal_error", e.description))
+        return error(e.code, code, message)
 
     @app.errorhandler(QueryError)
     def bad_query(e):
         return error(e.status, e.code, str(e))
+
+    @app.errorhandler(StoreError)
+    def store_down(e):
+        log.warning(f"review: {request.method} {request.path[:200]}: the store failed: {str(e)[:300]}")
+        return error(503, "store_unavailable", "the feedback store cannot be reached right now; try again in a "
+                                               "minute (the review server's log says why)")
 
     @app.errorhandler(Exception)
     def failed(e):

@@ -12,7 +12,6 @@ const view = {
   cursors: [null],   // the cursor of each page shown so far: Previous goes back one
   next: null,
   total: 0,
-  busy: false,
   unreadable: 0,
 };
 
@@ -178,10 +177,16 @@ function suspectFor(kind, suspect) {
 }
 
 // Decide: {ids} or {client} or {network}; the tiles on the page take their new state.
-async function decide(which, state) {
-  if (view.busy) return;
+// Decisions go one after another, in the order they were asked for.
+let decided = Promise.resolve();
+function decide(which, state) {
   const reason = $('reason').value.trim() || DEFAULT_REASON[state];
-  view.busy = true;
+  const next = decided.then(() => send(which, state, reason));
+  decided = next.catch(() => null);
+  return next;
+}
+
+async function send(which, state, reason) {
   $('error').textContent = '';
   try {
     const result = await api('/api/decisions', { body: { ...which, state, reason } });
@@ -204,8 +209,6 @@ async function decide(which, state) {
   } catch (error) {
     fail(error);
     return null;
-  } finally {
-    view.busy = false;
   }
 }
 
