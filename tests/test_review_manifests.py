@@ -141,7 +141,7 @@ def test_the_deployment_verifies_iap_for_the_allowlist_with_its_own_identity(ren
             "REVIEW_IAP_AUDIENCE, from deploy-review.sh --expose; without it every request is refused"
         (port,) = c["ports"]
         assert int(env["REVIEW_PORT"]) == port["containerPort"]
-        for probe in ("readinessProbe", "livenessProbe"):
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert c[probe]["httpGet"] == {"path": "/healthz", "port": port["name"]}
         assert c["command"] == cmd_of(DOCKERFILE) == ["python", "-m", "training.review"]
         sc = c["securityContext"]

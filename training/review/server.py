@@ -7,9 +7,10 @@ WSGI and runs on a few threads, as deciding a page waits on the store.
 import logging
 import logging.config
 import os
+import socket
 import sys
 
-from service.store import StoreError, StoreUnreachable, open_store
+from service.store import LocalStore, StoreError, StoreUnreachable, open_store
 from training.cli import actor
 
 from .app import create_app, link_for
@@ -30,11 +31,24 @@ def _log_config(level):
                         "granian.access": {"handlers": [], "propagate": True}}}
 
 
+def _port_is_free(host, port):
+    """Whether ``host:port`` can be bound: Granian binds with SO_REUSEPORT, so a second
+    server on a taken port would share it silently (service/__main__.py does the same)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def build(args):
-    """(the app, the auth scheme) for parsed arguments; the first listing of the store
-    happens here, so a store that cannot be reached stops the start."""
+    """(the app, the sign-in scheme, the queue) for parsed arguments. The queue reads every
+    record here, once, so a store that cannot be reached stops the start."""
     store = open_store(args.store)
-    if args.store and "://" not in args.store and not os.path.isdir(store.root):
+    if isinstance(store, LocalStore) and not os.path.isdir(store.root):
         raise StoreUnreachable(f"store directory {store.root} does not exist (is the volume mounted? the service "
                                "creates it with the first correction)")
     queue = Queue(store, args.refresh_seconds)
@@ -47,11 +61,16 @@ def build(args):
 
 
 def serve(args):
+    """Serve the review page for parsed arguments until stopped; the exit code."""
     from granian import Granian
     from granian.constants import Interfaces
     from granian.log import LogLevels
 
     logging.config.dictConfig(_log_config(args.log_level))
+    if args.port and not _port_is_free(args.host, args.port):
+        print(f"error: port {args.port} on {args.host} is already in use (another review server?); stop it or pass "
+              "--port (env REVIEW_PORT)", file=sys.stderr)
+        return 2
     try:
         app, auth, queue = build(args)
     except (StoreError, ValueError) as e:
@@ -61,7 +80,8 @@ def serve(args):
     print(f"review: {len(queue.items):,} records in {queue.store.uri}, {pending:,} pending", flush=True)
     if args.auth == "link":
         host = f"[{args.host}]" if ":" in args.host else args.host
-        print(f"review: open this link to sign in (it works once, for {args.link_seconds // 60} min):\n"
+        valid = f"{args.link_seconds // 60} min" if args.link_seconds >= 60 else f"{args.link_seconds} s"
+        print(f"review: open this link to sign in (it works once, for {valid}):\n"
               f"  {link_for(f'http://{host}:{args.port}/', auth)}", flush=True)
     elif not args.iap_audience:
         logging.getLogger("training.review").warning(
