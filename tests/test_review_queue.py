@@ -5,12 +5,14 @@ queue pages by the last record's place, so deciding a page never makes the next 
 record; it reads only the records it has not seen when the store grows; its filters and
 sorts are the page's.
 """
+import time
+
 import pytest
 
 from review_helpers import send_corrections
 from service.store import open_store
 from training.feedback import decisions
-from training.review.queue import Query, QueryError, Queue
+from training.review.queue import UNSCORED, Query, QueryError, Queue
 
 pytestmark = pytest.mark.slow  # preprocesses dozens of drawings through the service's app
 
@@ -78,7 +80,18 @@ def test_a_refresh_reads_only_new_records_and_sees_the_clis_decisions(queue):
     assert set(q.items) == {*ids, *new} and not q.unreadable
     assert q.counts() == {"pending": 23, "approved": 3, "rejected": 0}
     assert sorted(q.pending_of("client", "attacker")) == sorted(ids[3:12])
+    deadline = time.monotonic() + 30  # triage of the grown store runs on a thread of its own
+    while q.suspicion(new[0]).reasons == [UNSCORED]:
+        assert time.monotonic() < deadline, "triage never saw the new record"
+        time.sleep(0.05)
+    assert q.page(Query(client="late"))["records"][0]["reasons"] != [UNSCORED]
     assert [h["by"] for h in q.record(ids[0])["history"]] == ["cli"]
+
+
+def test_an_empty_store_has_an_empty_queue(tmp_path):
+    q = Queue(open_store(str(tmp_path)), refresh_seconds=0)
+    q.refresh(force=True)
+    assert q.page(Query())["records"] == [] and q.suspects() == {"client": [], "network": []}
 
 
 def test_the_app_answers_503_without_data_while_the_store_is_away(queue):

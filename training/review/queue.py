@@ -26,6 +26,7 @@ from training.feedback import decisions, records, triage
 
 PAGE_LIMIT, MAX_LIMIT = 48, 200
 SUSPECTS = 10         # clients and networks /api/suspects lists, of each kind
+UNSCORED = "not triaged yet"  # the reason of a record that arrived since triage last ran
 STATES = ("all", *decisions.STATES)     # the first is no filter
 SORTS = ("suspicion", "newest", "oldest", "label", "reading", "client")
 KINDS = ("client", "network")
@@ -121,24 +122,31 @@ def _item(record_id, record, pixels):
 
 
 class Queue:
-    """The records of ``store``, their states and their suspicion, kept fresh by ``refresh``."""
+    """The records of ``store``, their states and their suspicion, kept fresh by ``refresh``.
+
+    Triage scores every record against all the others, which takes seconds for a large
+    store, so after the first time it runs on a thread of its own when new records arrive:
+    pages are answered meanwhile, the new records with no score yet (UNSCORED)."""
 
     def __init__(self, store, refresh_seconds=10, clock=time.monotonic):
         self.store, self.refresh_seconds, self.clock = store, refresh_seconds, clock
         self.items, self.unreadable = {}, {}   # id -> Item; id -> why it could not be read
         self.states = {}                       # id -> state (decisions.STATES) of every record in items
-        self.found = None                      # triage.Triage of the records in items
+        self.found = None                      # triage.Triage of the records in items when it last ran
         self.by_id = {}                        # id -> its triage.Suspicion
         self.refreshed = None
         self._orders = {}                      # (version, query without cursor and limit) -> [(key, id)]
         self.version = 0
+        self._triaged = 0                      # how many records triage last saw
+        self._triaging = False
         self._lock = threading.RLock()
 
     # -- keeping up with the store ---------------------------------------------------------
 
     def refresh(self, force=False):
         """List the store and read the records not seen yet, if the queue is older than
-        ``refresh_seconds`` (or ``force``). StoreError if the store cannot be listed."""
+        ``refresh_seconds`` (or ``force``); triage them (the first time before it returns,
+        later on a thread). StoreError if the store cannot be listed."""
         with self._lock:
             now = self.clock()
             if not force and self.refreshed is not None and now - self.refreshed < self.refresh_seconds:
@@ -151,13 +159,33 @@ class Queue:
                 else:
                     self.items[record_id] = _item(record_id, *result)
             states = decisions.states(self.store, list(self.items))
-            if new or states != self.states or self.found is None:
+            if new or states != self.states:
                 self.states = states
-                self.found = triage.triage(self._for_triage())
-                self.by_id = self.found.by_id
-                self.version += 1
-                self._orders.clear()
+                self._changed()
             self.refreshed = now
+            start = (self.found is None or len(self.items) != self._triaged) and not self._triaging
+            if start:
+                self._triaging = True
+                snapshot = list(self._for_triage())
+        if start and self.found is None:
+            self._triage(snapshot)
+        elif start:
+            threading.Thread(target=self._triage, args=(snapshot,), name="review-triage", daemon=True).start()
+
+    def _triage(self, snapshot):
+        try:
+            found = triage.triage(snapshot)  # outside the lock: pages do not wait for it
+        except BaseException:
+            with self._lock:
+                self._triaging = False
+            raise
+        with self._lock:
+            self.found, self.by_id, self._triaged, self._triaging = found, found.by_id, len(snapshot), False
+            self._changed()
+
+    def _changed(self):
+        self.version += 1
+        self._orders.clear()
 
     def _for_triage(self):
         for item in self.items.values():
@@ -165,13 +193,17 @@ class Queue:
                    "network": item.network, "created_at": item.created_at, "confidence": item.confidence,
                    "pixels": np.frombuffer(item.pixels, np.uint8)}
 
+    def suspicion(self, record_id):
+        """The record's triage.Suspicion; UNSCORED until triage has seen it."""
+        return self.by_id.get(record_id) or triage.Suspicion(record_id, 0.0, [UNSCORED], [record_id])
+
     def state(self, record_id):
         return self.states.get(record_id, decisions.PENDING)
 
     # -- reading it -----------------------------------------------------------------------
 
     def _key(self, query, item):
-        score = self.by_id[item.id].score
+        score = self.suspicion(item.id).score
         return {"suspicion": (-score, -item.stamp), "newest": (-item.stamp,), "oldest": (item.stamp,),
                 "label": (item.label, -score), "reading": (-1 if item.predicted is None else item.predicted, -score),
                 "client": (item.client or "", -item.stamp)}[query.sort] + (item.id,)
@@ -214,7 +246,7 @@ class Queue:
 
     def view(self, item):
         """A record as the page shows it."""
-        score = self.by_id[item.id]
+        score = self.suspicion(item.id)
         return {"id": item.id, "label": item.label, "predicted": item.predicted, "client": item.client,
                 "network": item.network, "created_at": item.created_at or None, "day": item.day,
                 "model_version": item.model_version, "state": self.state(item.id),
@@ -267,8 +299,7 @@ class Queue:
         with self._lock:
             for r in results:
                 self.states[r.id] = r.after
-            self.version += 1
-            self._orders.clear()
+            self._changed()
             counts = self.counts()
         return {"decided": [{"id": r.id, "state": r.after} for r in results if r.written],
                 "unchanged": [r.id for r in results if not r.written], "missing": missing, "counts": counts}
