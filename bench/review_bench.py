@@ -1,7 +1,7 @@
 """The review page's queue (training/review/queue.py) on a large feedback store: its first read,
 a refresh when a few records arrive, and what one page costs.
 
-    python -m bench.review_bench [--records 20000] [--new 100] [--store DIR]
+    python -m bench.review_bench [--records 20000] [--new 100] [--store DIR] [--out FILE.json]
 
 Records are written in the store layout by the service's own ``_store`` (a record and its
 day marker, create-only), with random pixels: a few clients send many, most one or two.
@@ -56,6 +56,7 @@ def main(argv=None):
     parser.add_argument("--records", type=int, default=20000)
     parser.add_argument("--new", type=int, default=100)
     parser.add_argument("--store", help="a directory to build the store in (default: a temporary one, removed after)")
+    parser.add_argument("--out", help="also write the result to this JSON file")
     args = parser.parse_args(argv)
     root = args.store or tempfile.mkdtemp(prefix="review-bench-")
     os.makedirs(root, exist_ok=True)
@@ -87,6 +88,9 @@ def main(argv=None):
                   "page_bytes": len(json.dumps(page, separators=(",", ":"))), "memory_mib": round(added, 1),
                   "machine": describe()}
         print(json.dumps(result, indent=2))
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=2)
         return result
     finally:
         if not args.store:

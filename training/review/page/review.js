@@ -311,12 +311,14 @@ function onKey(event) {
     move(tile, MOVES[event.key]());
     return;
   }
-  const key = event.key;
-  const actions = {
+  // Shift, not the letter's case, chooses the whole page: Caps Lock must not approve a page.
+  const key = event.key.toLowerCase();
+  const actions = event.shiftKey ? {
+    a: () => decidePage('approved'),
+    r: () => decidePage('rejected'),
+  } : {
     a: () => decideTiles(targets(), 'approved'),
     r: () => decideTiles(targets(), 'rejected'),
-    A: () => decidePage('approved'),
-    R: () => decidePage('rejected'),
     h: () => tile && showHistory(tile),
     n: nextPage,
     p: previousPage,
