@@ -89,12 +89,18 @@ def versions(store):
     return sorted(n.removesuffix(".json") for n in names if n.endswith(".json"))
 
 
+def read(store, version):
+    """The frozen ``version`` of the model ``store``, as an EvalSet; StoreNotFound if there
+    is none, ValueError (or KeyError, TypeError) if it cannot be read as one."""
+    return _decode(store.read(contract.evalset_key(version)), version)
+
+
 def newest(store, log=print):
     """The newest readable frozen version in ``store``, or None; an unreadable one is logged
     and passed over."""
     for version in reversed(versions(store)):
         try:
-            return _decode(store.read(contract.evalset_key(version)), version)
+            return read(store, version)
         except (StoreNotFound, ValueError, KeyError, TypeError) as e:
             log(f"evalset: {store.uri}/{contract.evalset_key(version)} is unreadable ({type(e).__name__}: {e}); "
                 "passing over it")

@@ -4,12 +4,11 @@ For each store, in order:
 
 1. if the store already holds a version with this model's sha256, say so and stop: a rerun
    of a finished run publishes nothing new and moves nothing;
-2. ask the promotion gate (training/champion.py) about the version LATEST names: its
-   verdict goes into model.json as ``evaluation``;
-3. upload ``models/<version>/model.onnx``, the training checkpoint if given, then
-   ``model.json`` (objects are never overwritten);
-4. read them back with ``load_verified``, exactly as the service will, and check the sha256;
-5. only then move ``LATEST`` with compare-and-swap (training/registry.py records the move
+2. upload ``models/<version>/model.onnx`` and the training checkpoint if given, ask the
+   promotion gate (training/champion.py) about the version LATEST names, and upload
+   ``model.json`` with its verdict as ``evaluation`` (objects are never overwritten);
+3. read them back with ``load_verified``, exactly as the service will, and check the sha256;
+4. only then move ``LATEST`` with compare-and-swap (training/registry.py records the move
    in the store's history), if the gate allows it (``force`` moves it whatever the gate says).
 
 The gate is the only judge, and publish() the only caller. If another publisher moves
@@ -180,16 +179,19 @@ def published_as(store, sha):
 
 
 def _publish_one(store, version, onnx_bytes, record, checkpoint, sha, gate, force, by, log, attempts):
+    # model.onnx (and the checkpoint) first: a model.json always describes a model that is already there.
+    files = [(contract.MODEL_FILE, onnx_bytes)] + ([(contract.CHECKPOINT_FILE, checkpoint)] if checkpoint else [])
+    for name, data in files:
+        _put(store, contract.model_key(version, name), data)
+        log(f"publish: {store.uri}: uploaded {contract.model_key(version, name)}")
+
+    # The gate's verdict on the LATEST of now goes into model.json.
     pointer, _ = _read_latest(store, attempts)
     judged = pointer["version"] if pointer else None
     verdict = gate(store, judged, onnx_bytes)
     meta_bytes = (json.dumps({**record, "evaluation": verdict.record}, indent=2, sort_keys=True) + "\n").encode()
-
-    # model.onnx (and the checkpoint) first: a model.json always describes a model that is already there.
-    files = [(contract.MODEL_FILE, onnx_bytes)] + ([(contract.CHECKPOINT_FILE, checkpoint)] if checkpoint else [])
-    for name, data in files + [(contract.META_FILE, meta_bytes)]:
-        _put(store, contract.model_key(version, name), data)
-        log(f"publish: {store.uri}: uploaded {contract.model_key(version, name)}")
+    _put(store, contract.model_key(version, contract.META_FILE), meta_bytes)
+    log(f"publish: {store.uri}: uploaded {contract.model_key(version, contract.META_FILE)}")
 
     # Read back through the service's own check, so LATEST never names a version it would refuse.
     _, stored = load_verified(store, version)

@@ -309,7 +309,7 @@ def cmd_decide(store, args):
     before = collections.Counter(states[i] for i in ids)
     change = [i for i in ids if states[i] != decision]
     said = ", ".join(f"{before[s]:,} {s}" for s in STATES if before[s])
-    print(f"{store.uri}: {_records(len(ids))} chosen{_filters(args)}" + (f" ({said})" if said else "")
+    print(f"{store.uri}: {_records(len(ids))} chosen{_filters(args)}" + (f": {said}" if said else "")
           + f"; {_records(len(change))} will be {decision}")
     if args.dry_run or not change:
         for record_id in change[:SHOWN_IDS]:

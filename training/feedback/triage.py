@@ -8,8 +8,10 @@ People who lie to the model send what honest people rarely do, and triage counts
 - **labels that contradict a confident reading**: the model read it as 1 with
   probability >= CONFIDENT and the label says 7 (needs the record's ``confidence``, the
   model's probability of its reading, when the service stores it);
-- **near-duplicate drawings with conflicting labels**: drawings alike on a 7x7 grid
-  (``signature``) that another client labelled differently;
+- **near-duplicate drawings with conflicting labels**: a label that fewer other clients
+  give drawings alike (``signature``: the inked cells of a 7x7 grid, at most one cell
+  apart) than give them another label. Clients are counted, not records, so a few
+  clients cannot outvote many people by sending more;
 - **bursts**: more than BURST_FREE records from one client or network within
   BURST_WINDOW_S seconds.
 
@@ -89,10 +91,18 @@ def excess(count, free):
 
 
 def signature(pixels):
-    """The drawing's near-duplicate key: which cells of a GRID x GRID grid hold ink (as bytes)."""
+    """The drawing's near-duplicate key: which cells of a GRID x GRID grid hold ink, as the
+    bits of an int. Two drawings are near-duplicates when their keys differ in at most one
+    bit (``neighbours``)."""
     cell = contract.SIDE // GRID
     grid = np.asarray(pixels, np.float32).reshape(GRID, cell, GRID, cell).mean(axis=(1, 3))
-    return np.packbits(grid > INKED).tobytes()
+    return int.from_bytes(np.packbits(grid > INKED).tobytes(), "big")
+
+
+def neighbours(key):
+    """``key`` and every key one bit away from it: its near-duplicates' keys."""
+    bits = (GRID * GRID + 7) // 8 * 8
+    return [key] + [key ^ (1 << (bits - 1 - b)) for b in range(GRID * GRID)]
 
 
 def _pixels(value):
@@ -124,25 +134,35 @@ def _contradicts(record):
 
 
 def _conflicts(records):
-    """{record id: how many near-duplicates of it other clients labelled otherwise}."""
-    buckets = collections.defaultdict(list)
+    """{record id: (the label most other clients gave its near-duplicates, how many clients
+    gave it, how many gave the record's own label)} of each record whose label fewer other
+    clients back than another label. Clients, not records, are counted: a few clients
+    sending many records cannot outvote many people."""
+    keys, buckets = {}, collections.defaultdict(list)
     for r in records:
         pixels = _pixels(r.get("pixels"))
         if pixels is not None:
-            buckets[signature(pixels)].append(r)
+            keys[r["id"]] = signature(pixels)
+            buckets[keys[r["id"]]].append(r)
+    around = {}  # key -> {label: Counter(client: records)} of it and its neighbours' buckets
     out = {}
-    for bucket in buckets.values():
-        if len(bucket) < 2 or len({r.get("label") for r in bucket}) < 2:
+    for r in records:
+        key = keys.get(r["id"])
+        if key is None:
             continue
-        labels = collections.Counter(r.get("label") for r in bucket)
-        own = collections.Counter((r.get("label"), r.get("client_id") or r["id"]) for r in bucket)
-        by_client = collections.Counter(r.get("client_id") or r["id"] for r in bucket)
-        for r in bucket:
-            client = r.get("client_id") or r["id"]
-            # Others' records in the bucket, less those with its own label.
-            others = len(bucket) - by_client[client] - (labels[r.get("label")] - own[(r.get("label"), client)])
-            if others:
-                out[r["id"]] = others
+        if key not in around:
+            labels = collections.defaultdict(collections.Counter)
+            for k in neighbours(key):
+                for other in buckets.get(k, ()):
+                    labels[other.get("label")][other.get("client_id") or other["id"]] += 1
+            around[key] = labels
+        client = r.get("client_id") or r["id"]
+        backing = {label: len(clients) - (client in clients) for label, clients in around[key].items()}
+        own = backing.get(r.get("label"), 0)
+        label, most = max(((k, v) for k, v in backing.items() if k != r.get("label")),
+                          key=lambda kv: (kv[1], str(kv[0])), default=(None, 0))
+        if most > own:
+            out[r["id"]] = (label, most, own)
     return out
 
 
@@ -173,7 +193,7 @@ class _Group:
         parts.append((excess(self.contradicted, CONTRADICTED_FREE),
                       f"{self.contradicted} labels against a confident reading"))
         parts.append((excess(self.conflicted, CONFLICTS_FREE),
-                      f"{self.conflicted} near-duplicates of drawings other clients labelled otherwise"))
+                      f"{self.conflicted} labels that more other clients contradict on drawings alike"))
         return _suspicion(self.key, parts, [r["id"] for r in self.members], f"{len(self.members)} records from {what}")
 
 
@@ -221,7 +241,8 @@ def triage(records):
         if confidence is not None:
             parts.append((1.0, f"label {r.get('label')} against a reading of {r['predicted']} at {confidence:.2f}"))
         if r["id"] in conflicts:
-            parts.append((1.0, f"{conflicts[r['id']]} near-duplicates other clients labelled otherwise"))
+            label, most, own = conflicts[r["id"]]
+            parts.append((1.0, f"{most} other clients labelled drawings alike {label}, {own} {r.get('label')}"))
         scored.append(_suspicion(r["id"], parts, [r["id"]]))
     return Triage(_ranked(scored), _ranked(g.suspicion("this client") for g in clients.values()),
                   _ranked(g.suspicion("this network") for g in networks.values()))
