@@ -49,9 +49,8 @@ def answer(obj, status=200):
     return Response(json.dumps(obj, separators=(",", ":")), status, mimetype="application/json")
 
 
-def create_app(queue, auth, secure_cookies=False):
-    """The app over ``queue`` (queue.Queue) with ``auth`` (auth.LinkAuth or auth.IapAuth).
-    ``secure_cookies`` marks the session cookie Secure (when served over HTTPS)."""
+def create_app(queue, auth):
+    """The app over ``queue`` (queue.Queue) with ``auth`` (auth.LinkAuth or auth.IapAuth)."""
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = 256 * 1024
 
@@ -109,7 +108,7 @@ def create_app(queue, auth, secure_cookies=False):
             return error(e.status, e.code, e.message)
         response = redirect("/", 303)
         response.set_cookie(auth_module.COOKIE, session, max_age=auth.session_seconds, httponly=True,
-                            samesite="Strict", secure=secure_cookies or request.is_secure, path="/")
+                            samesite="Strict", secure=request.is_secure, path="/")
         print(f"review: a browser signed in; for another browser: {link_for(request.host_url, auth)}", flush=True)
         return response
 

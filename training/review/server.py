@@ -57,7 +57,7 @@ def build(args):
         auth = IapAuth(args.iap_audience, args.reviewers.split(","), args.iap_keys_url)
     else:
         auth = LinkAuth(actor(), args.session_seconds, args.link_seconds)
-    return create_app(queue, auth, secure_cookies=args.auth == "iap"), auth, queue
+    return create_app(queue, auth), auth, queue
 
 
 def serve(args):
