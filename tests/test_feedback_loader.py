@@ -56,8 +56,8 @@ def test_a_run_reads_at_most_the_limit_newest_first_and_names_the_rest(store_uri
     # Today's four, then two of yesterday's (in the keyed order nobody can choose), nothing older.
     assert len(chosen) == 6 and {r["id"] for r in by_day[0]} <= chosen and not {r["id"] for r in by_day[2]} & chosen
     assert found.counts["left"] == 6 and found.counts["read"] <= 2 * 6
-    assert lines[-1] == (f"feedback: 6 trusted corrections left for later runs (over --feedback-max 6), by day: "
-                         f"{older} (4), {yesterday} (2)")
+    assert lines[-1] == (f"feedback: 6 trusted corrections left for later runs (over --feedback-max 6), by day, "
+                         f"newest first: {yesterday} (2), {older} (4)")
     assert sorted(load(store_uri, limit=6).train.ids) == sorted(chosen)  # every run picks alike
 
 
