@@ -14,6 +14,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 # `make retrain`: a short fine-tune from the model LATEST names (docs/training.md: "Retraining").
 RETRAIN_EPOCHS ?= 2
+# It trusts every correction not rejected: `make run` serves on 127.0.0.1, so you are the only
+# writer. Serving on another address, run `make retrain FEEDBACK_TRUST=approved` and review first.
+FEEDBACK_TRUST ?= all
 
 # `make review`: the review page (training/review) on REVIEW_HOST:REVIEW_PORT over FEEDBACK_URI.
 REVIEW_HOST ?= 127.0.0.1
@@ -59,8 +62,8 @@ train: setup
 # Fine-tune on the corrections people sent through the page; a running `make run` serves
 # the new model within MODEL_POLL_SECONDS if it wins against the one serving.
 retrain: setup
-	TRAIN_DATA=$(TRAIN_DATA) FEEDBACK_URI=$(FEEDBACK_URI) INIT_FROM=latest EPOCHS=$(RETRAIN_EPOCHS) \
-	  PUBLISH_URIS=$(MODEL_URI) $(PY) -m training
+	TRAIN_DATA=$(TRAIN_DATA) FEEDBACK_URI=$(FEEDBACK_URI) FEEDBACK_TRUST=$(FEEDBACK_TRUST) INIT_FROM=latest \
+	  EPOCHS=$(RETRAIN_EPOCHS) PUBLISH_URIS=$(MODEL_URI) $(PY) -m training
 
 serve: setup
 	MODEL_URI=$(MODEL_URI) FEEDBACK_URI=$(FEEDBACK_URI) HOST=$(HOST) PORT=$(PORT) $(PY) -m service
@@ -85,6 +88,8 @@ bench: setup browser
 	$(PY) -m bench.serve_bench
 	$(PY) -m bench.worst_case
 	$(PY) -m bench.feedback_bench
+	$(PY) -m bench.attack_bench
+	$(PY) -m bench.backlog_bench
 	$(PY) -m bench.handwriting_eval
 
 clean:

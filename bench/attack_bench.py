@@ -65,8 +65,8 @@ def parse_args():
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help=f"poison records (default {SIZES})")
     ap.add_argument("--reviewers", default=",".join(REVIEWERS), help=f"who reviews (default {REVIEWERS})")
     ap.add_argument("--attackers", type=int, default=3, help="client ids the poison is sent under (default 3)")
-    ap.add_argument("--honest", type=int, default=400, help="honest corrections (default 400)")
-    ap.add_argument("--train-writers", type=int, default=40, help="writers of the honest corrections (default 40)")
+    ap.add_argument("--honest", type=int, default=1000, help="honest corrections (default 1000)")
+    ap.add_argument("--train-writers", type=int, default=100, help="writers of the honest corrections (default 100)")
     ap.add_argument("--eval-writers", type=int, default=40, help="writers of the evaluation (default 40)")
     ap.add_argument("--retrain-args", default=" ".join(RETRAIN_ARGS),
                     help=f"training flags of each retraining (default {' '.join(RETRAIN_ARGS)!r})")
@@ -184,6 +184,7 @@ def scenario(args, size, reviewer, honest_items, poison_items, eval_set, mnist, 
         "retrain": {"wall_s": wall_s, "command": cmd[1:],
                     "feedback": [line for line in lines if line.startswith(("feedback:", "evalset:"))],
                     "gate": evaluation["reason"], "stopped_by": evaluation["stopped_by"],
+                    "per_digit": evaluation["per_digit"],
                     "eval_set_count": meta["feedback"]["eval_count"]},
         "latest_moved": after_pointer["version"] != before_pointer["version"],
         "before": before, "candidate": scores(candidate_model, eval_set, mnist), "latest_after": latest,

@@ -365,6 +365,9 @@ def main():
             retrained["candidate"] = new[-1]
             model, _ = load_verified(open_store(store), new[-1])
             after = {"version": new[-1], **offline(model, records, mnist)}
+        # The gate's verdict, per set and per digit, as the new version's model.json keeps it.
+        retrained["evaluation"] = load_verified(open_store(store), retrained.get("candidate")
+                                                or pointer["version"])[1].get("evaluation")
     finally:
         if server is not None:
             server.stop()

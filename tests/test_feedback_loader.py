@@ -56,8 +56,8 @@ def test_a_run_reads_at_most_the_limit_newest_first_and_names_the_rest(store_uri
     # Today's four, then two of yesterday's (in the keyed order nobody can choose), nothing older.
     assert len(chosen) == 6 and {r["id"] for r in by_day[0]} <= chosen and not {r["id"] for r in by_day[2]} & chosen
     assert found.counts["left"] == 6 and found.counts["read"] <= 2 * 6
-    assert lines[-1] == (f"feedback: 6 trusted corrections left for later runs (over --feedback-max 6), by day: "
-                         f"{older} (4), {yesterday} (2)")
+    assert lines[-1] == (f"feedback: 6 trusted corrections left for later runs (over --feedback-max 6), by day, "
+                         f"newest first: {yesterday} (2), {older} (4)")
     assert sorted(load(store_uri, limit=6).train.ids) == sorted(chosen)  # every run picks alike
 
 
@@ -140,16 +140,18 @@ def test_the_evaluation_set_is_frozen_versioned_and_only_ever_approved(store_uri
 
 def test_a_new_version_needs_enough_new_records_and_no_writer_fills_it(store_uri, tmp_path):
     feedback = str(tmp_path / "feedback")
-    recs = [{**put(feedback, make_record(*digit(k), predicted=3, client_id="one")), "i": k}
-            for k in range(evalset.PER_WRITER + 30)]
+    # Four writers of 6 records each, and one of 30.
+    recs = [{**put(feedback, make_record(*digit(k), predicted=3, client_id=f"pen-{k // 6}" if k < 24 else "busy")),
+             "i": k} for k in range(54)]
     approve(feedback, [r["id"] for r in recs])
     states = decisions.states(open_store(feedback))
     first = frozen(store_uri, corrections(recs[:5]), states)
     assert len(first) == 5
-    # Fewer new ones than GROWTH_MIN wait; enough make a new version, capped at PER_WRITER of one writer.
+    # Fewer new ones than GROWTH_MIN wait; enough make a new version, with at most PER_WRITER of one writer.
     assert frozen(store_uri, corrections(recs[:5 + evalset.GROWTH_MIN - 1]), states).version == first.version
     grown = frozen(store_uri, corrections(recs), states)
-    assert grown.version != first.version and len(grown) == evalset.PER_WRITER
+    assert grown.version != first.version and len(grown) == 24 + evalset.PER_WRITER
+    assert grown.writers.count("busy") == evalset.PER_WRITER
     assert grown.ids[:5] == first.ids  # what was in stays in
 
 

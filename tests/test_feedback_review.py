@@ -390,8 +390,7 @@ def test_triage_puts_the_flooding_client_first(store_uri):
     stats = as_json(cli(store_uri, "stats", "--json"))
     first = stats["suspicious_clients"][0]
     assert (first["key"], first["records"], first["pending"]) == ("poison", 40, 40)
-    assert first["score"] >= 1.0 and first["reasons"][0] == "40 × 1 → 7"
-    assert "40 within 10 min" in first["reasons"]
+    assert first["score"] >= 1.0 and "40 × 1 → 7" in first["reasons"] and "40 within 10 min" in first["reasons"]
     assert all(c["score"] < 1.0 for c in stats["suspicious_clients"][1:])
     text = ok(cli(store_uri, "stats")).split("\n\n")[1]
     assert text.splitlines()[0].startswith("most suspicious clients first")
@@ -399,7 +398,7 @@ def test_triage_puts_the_flooding_client_first(store_uri):
 
     listed = as_json(cli(store_uri, "list", "--suspicious", "--limit", "40", "--json"))
     assert {r["client_id"] for r in listed} == {"poison"}
-    assert listed[0]["reasons"][0] == "its client sent 40 × 1 → 7"
+    assert "its client sent 40 × 1 → 7" in listed[0]["reasons"]
     table = rows(ok(cli(store_uri, "list", "--suspicious", "--limit", "1")))
     assert table[0][-2:] == ["SCORE", "WHY"] and table[1][4] == "poison"
 

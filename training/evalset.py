@@ -33,7 +33,7 @@ from service.store import AlreadyExists, StoreError, StoreNotFound
 from training.feedback import decisions
 
 EVAL_MAX = 5_000     # records in the set at most
-PER_WRITER = 50      # records of one writer at most
+PER_WRITER = 10      # records of one writer at most: many writers, a few digits each
 GROWTH, GROWTH_MIN = 0.1, 20  # new records that make a new version: this share of the set, and at least this many
 
 

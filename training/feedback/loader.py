@@ -102,11 +102,11 @@ def _trusted(state, trust):
     return state == decisions.APPROVED or (trust == "all" and state == decisions.PENDING)
 
 
-def _names(counter, unit):
-    """"a (12), b (7), ... and N more" of the NAMED largest counts."""
-    top = counter.most_common(NAMED)
-    more = len(counter) - len(top)
-    return ", ".join(f"{k} ({n:,})" for k, n in top) + (f" and {more:,} more {unit}" if more else "")
+def _names(pairs, unit):
+    """"a (12), b (7), ... and N more <unit>" of the first NAMED (name, count) pairs."""
+    pairs = list(pairs)
+    more = len(pairs) - NAMED
+    return ", ".join(f"{k} ({n:,})" for k, n in pairs[:NAMED]) + (f" and {more:,} more {unit}" if more > 0 else "")
 
 
 def load(store, secret, trust="approved", limit=MAX_CORRECTIONS, share=MAX_SHARE, log=print,
@@ -183,8 +183,10 @@ def load(store, secret, trust="approved", limit=MAX_CORRECTIONS, share=MAX_SHARE
         log(f"feedback: skipped {record_id}: {why}")
     if over_share:
         log(f"feedback: {counts['over_share']:,} left out over the share of one client or network "
-            f"(at most {cap:,} each, --feedback-share {share} of --feedback-max {limit:,}): {_names(over_share, '')}")
+            f"(at most {cap:,} each, --feedback-share {share} of --feedback-max {limit:,}): "
+            f"{_names(over_share.most_common(), 'clients and networks')}")
     if unread:
+        days = sorted((d for d in unread if d != "no day"), reverse=True) + (["no day"] if "no day" in unread else [])
         log(f"feedback: {counts['left']:,} trusted corrections left for later runs (over --feedback-max {limit:,}), by "
-            f"day: {_names(unread, 'days')}")
+            f"day, newest first: {_names(((d, unread[d]) for d in days), 'days')}")
     return loaded

@@ -17,7 +17,7 @@ import re
 import numpy as np
 
 from service import contract
-from service.store import StoreError
+from service.store import StoreError, StoreUnreachable
 
 READERS = 16         # records read at once: a GCS read is a round trip of tens of ms
 DAY = re.compile(r"\d{4}-\d\d-\d\d")
@@ -101,6 +101,8 @@ def read(store, ids, how=check):
     def one(record_id):
         try:
             return record_id, how(store.read(contract.record_key(record_id)), record_id)
+        except StoreUnreachable:
+            raise
         except (StoreError, ValueError, KeyError, TypeError) as e:
             return record_id, f"{type(e).__name__}: {e}"
 
