@@ -14,8 +14,17 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 # `make retrain`: a short fine-tune from the model LATEST names (docs/training.md: "Retraining").
 RETRAIN_EPOCHS ?= 2
+# It trusts every correction not rejected: `make run` serves on 127.0.0.1, so you are the only
+# writer. Serving on another address, run `make retrain FEEDBACK_TRUST=approved` and review first.
+FEEDBACK_TRUST ?= all
 
-.PHONY: setup browser run train retrain serve test unit validate bench clean
+# `make review`: the review page (training/review) on REVIEW_HOST:REVIEW_PORT over FEEDBACK_URI.
+REVIEW_HOST ?= 127.0.0.1
+REVIEW_PORT ?= 8090
+# axe-core for the accessibility audits, at the version tests/package-lock.json pins.
+AXE := tests/node_modules/axe-core/axe.min.js
+
+.PHONY: setup browser run train retrain serve review test unit validate bench clean
 
 setup: $(STAMP)
 
@@ -26,12 +35,17 @@ $(STAMP): requirements.txt training/requirements.txt service/requirements.txt te
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-# Debian's Chromium for the browser tests, shellcheck for the infra scripts (needs root, as in CI).
+# Debian's Chromium for the browser tests, shellcheck for the infra scripts, npm for axe-core
+# (needs root, as in CI).
 browser:
-	@if [ ! -x /usr/bin/chromium ] || ! command -v shellcheck >/dev/null; then \
-	  apt-get install -y --no-install-recommends chromium chromium-driver shellcheck \
-	  || (apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver shellcheck); \
+	@if [ ! -x /usr/bin/chromium ] || ! command -v shellcheck >/dev/null || ! command -v npm >/dev/null; then \
+	  apt-get install -y --no-install-recommends chromium chromium-driver shellcheck npm \
+	  || (apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver shellcheck npm); \
 	fi
+
+$(AXE): tests/package.json tests/package-lock.json
+	cd tests && npm ci --no-audit --no-fund
+	touch $@
 
 # Train on the bundled data if the store has no model yet, then serve the app.
 run: setup
@@ -48,13 +62,17 @@ train: setup
 # Fine-tune on the corrections people sent through the page; a running `make run` serves
 # the new model within MODEL_POLL_SECONDS if it wins against the one serving.
 retrain: setup
-	TRAIN_DATA=$(TRAIN_DATA) FEEDBACK_URI=$(FEEDBACK_URI) INIT_FROM=latest EPOCHS=$(RETRAIN_EPOCHS) \
-	  PUBLISH_URIS=$(MODEL_URI) $(PY) -m training
+	TRAIN_DATA=$(TRAIN_DATA) FEEDBACK_URI=$(FEEDBACK_URI) FEEDBACK_TRUST=$(FEEDBACK_TRUST) INIT_FROM=latest \
+	  EPOCHS=$(RETRAIN_EPOCHS) PUBLISH_URIS=$(MODEL_URI) $(PY) -m training
 
 serve: setup
 	MODEL_URI=$(MODEL_URI) FEEDBACK_URI=$(FEEDBACK_URI) HOST=$(HOST) PORT=$(PORT) $(PY) -m service
 
-test: setup browser
+# Review and decide on the corrections in the browser: prints a one-time sign-in link.
+review: setup
+	FEEDBACK_URI=$(FEEDBACK_URI) REVIEW_HOST=$(REVIEW_HOST) REVIEW_PORT=$(REVIEW_PORT) $(PY) -m training.review
+
+test: setup browser $(AXE)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The tests that need no Ray, server process, browser or GCS emulator: seconds, not minutes.
@@ -70,7 +88,9 @@ bench: setup browser
 	$(PY) -m bench.serve_bench
 	$(PY) -m bench.worst_case
 	$(PY) -m bench.feedback_bench
+	$(PY) -m bench.attack_bench
+	$(PY) -m bench.backlog_bench
 	$(PY) -m bench.handwriting_eval
 
 clean:
-	rm -rf $(VENV) runs .data .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) runs .data .pytest_cache .hypothesis *.egg-info tests/node_modules

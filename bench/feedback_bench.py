@@ -9,10 +9,14 @@ retraining on them, and what the new model reads.
    pad.js and png.js in Chromium, asks POST /predict what it reads and sends each, right
    or wrong, as the page sends a correction or a confirmation: POST /feedback with the
    image, label, predicted digit, model version, client id (the writer) and strokes;
-3. retrains as ``make retrain`` does: ``python -m training --data bundled --feedback
-   <tmp>/feedback --init-from latest --publish <store copy> --storage-path <tmp>/runs``
-   plus RETRAIN_ARGS, timed from launch to exit (Ray's start-up included);
-4. waits for the running service to load the new LATEST, if the promotion gate moved it,
+3. reviews them as a reviewer would, with the review CLI as a process: ``python -m
+   training.feedback --store <tmp>/feedback approve --state pending`` (every correction
+   here is honest; bench/attack_bench.py is the one with liars in it);
+4. retrains as deployed, on approved corrections (the default trust) with ``make
+   retrain``'s settings: ``python -m training --data bundled --feedback <tmp>/feedback
+   --init-from latest --publish <store copy> --storage-path <tmp>/runs`` plus
+   RETRAIN_ARGS, timed from launch to exit (Ray's start-up included);
+5. waits for the running service to load the new LATEST, if the promotion gate moved it,
    and measures before and after: other writings of the styles by the eval writers (a
    disjoint set), the usual digits by them, the MNIST validation split (the last 1,000
    bundled digits) and, with --mnist-test DIR, the official test set (t10k IDX files;
@@ -151,6 +155,18 @@ def send_corrections(url, corrections, pngs):
     return {**counts, "sent": len(corrections), "wrong_before": wrong, "by_item": summary(records)}
 
 
+def approve_all(feedback):
+    """Approve every pending correction with the review CLI, as a process; its last line."""
+    cmd = [sys.executable, "-m", "training.feedback", "--store", feedback, "approve", "--state", "pending",
+           "--reason", "feedback_bench: honest corrections"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ,
+                                                                                "DIGITDRAW_ACTOR": "feedback_bench"})
+    if result.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd[1:])} exited with {result.returncode}: {result.stderr.strip()}")
+    print(f"review: {result.stdout.strip().splitlines()[-1]}", flush=True)
+    return result.stdout.strip().splitlines()[-1]
+
+
 def retrain(store, feedback, runs, init_from, log_path, retrain_args):
     """Run the retraining CLI, echoing its output; returns (wall seconds, exit code, command,
     what it said of promoting the new version)."""
@@ -159,7 +175,8 @@ def retrain(store, feedback, runs, init_from, log_path, retrain_args):
     print(f"retrain: {' '.join(cmd[1:])}", flush=True)
     started = time.monotonic()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env = {k: v for k, v in os.environ.items() if k != "FEEDBACK_TRUST"}  # the deployed default: approved
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         verdict = None
         for line in proc.stdout:
             log.write(line)
@@ -327,6 +344,7 @@ def main():
             f"{item} {100 * r['accuracy']:.1f}%" for item, r in before["writings"].items() if not item.isdigit()),
             flush=True)
         sent = send_corrections(server.url, corrections, correction_pngs)
+        sent["review"] = approve_all(feedback)
 
         wall_s, code, cmd, verdict = retrain(store, feedback, runs, args.init_from, os.path.join(tmp, "retrain.log"),
                                             shlex.split(args.retrain_args))
@@ -347,6 +365,9 @@ def main():
             retrained["candidate"] = new[-1]
             model, _ = load_verified(open_store(store), new[-1])
             after = {"version": new[-1], **offline(model, records, mnist)}
+        # The gate's verdict, per set and per digit, as the new version's model.json keeps it.
+        retrained["evaluation"] = load_verified(open_store(store), retrained.get("candidate")
+                                                or pointer["version"])[1].get("evaluation")
     finally:
         if server is not None:
             server.stop()

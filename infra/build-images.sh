@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the training and serving images with Cloud Build and push them to Artifact
+# Build the training, serving and review page images with Cloud Build and push them to Artifact
 # Registry (no local Docker needed). --gpu also builds the CUDA training image
 # for the gpu overlay. Safe to rerun: an existing tag is rebuilt and pushed again.
 #
@@ -25,6 +25,6 @@ else
     --project "$PROJECT_ID"
 fi
 
-step "Cloud Build: $REGISTRY/{digitdraw-training,digitdraw-service}:$IMAGE_TAG"
+step "Cloud Build: $REGISTRY/{digitdraw-training,digitdraw-service,digitdraw-review}:$IMAGE_TAG"
 run gcloud builds submit "$ROOT" --project "$PROJECT_ID" --region "$REGION" --config "$INFRA_DIR/cloudbuild.yaml" \
   --substitutions "_REGISTRY=$REGISTRY,_IMAGE_TAG=$IMAGE_TAG,_WITH_GPU=$with_gpu"

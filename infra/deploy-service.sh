@@ -13,8 +13,8 @@ parse_args "$@"
 need kubectl
 need_venv
 
-step "serving objects of overlay $OVERLAY (everything but training), the revision named"
-run_sh "kubectl kustomize $(quoted "$ROOT/infra/overlays/$OVERLAY") | $(quoted "$VENV_PYTHON" "$INFRA_DIR/ksvc.py") stable | kubectl apply -l 'app.kubernetes.io/component!=training' -f -"
+step "serving objects of overlay $OVERLAY (everything but training and the review page), the revision named"
+run_sh "kubectl kustomize $(quoted "$ROOT/infra/overlays/$OVERLAY") | $(quoted "$VENV_PYTHON" "$INFRA_DIR/ksvc.py") stable | kubectl apply -l 'app.kubernetes.io/component notin (training,review)' -f -"
 wait_ksvc
 
 step "URL"

@@ -23,8 +23,11 @@ KOURIER_URL=https://github.com/knative/net-kourier/releases/download/knative-v${
 # Names the manifests use too (ray/base, ray/cron, knative/base).
 TRAINER_GSA="digitdraw-trainer@${PROJECT_ID}.iam.gserviceaccount.com"
 SERVER_GSA="digitdraw-server@${PROJECT_ID}.iam.gserviceaccount.com"
+REVIEW_GSA="digitdraw-review@${PROJECT_ID}.iam.gserviceaccount.com"
 TRAINER_KSA=digitdraw-trainer
 SERVER_KSA=digitdraw-server
+REVIEW_KSA=digitdraw-review
+REVIEW=digitdraw-review  # the review page's Deployment, Service, BackendConfig, Ingress and address
 RAYJOB=digitdraw-train  # the template: each run is a copy under a fresh name
 RAYCRONJOB=digitdraw-retrain-nightly
 KSVC=digitdraw
@@ -194,7 +197,7 @@ create_rayjob() {
   } >"$dir/kustomization.yaml"
   echo "# $dir/kustomization.yaml:"
   sed 's/^/#   /' "$dir/kustomization.yaml"
-  run_sh "kubectl kustomize $(quoted "$dir") | kubectl apply -l 'app.kubernetes.io/component!=serving' -f -"
+  run_sh "kubectl kustomize $(quoted "$dir") | kubectl apply -l 'app.kubernetes.io/component notin (serving,review)' -f -"
 }
 
 # The RayJob to follow, in REPLY: one still running in the namespace, or else a new one

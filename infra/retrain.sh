@@ -2,8 +2,9 @@
 # Retrain now: tonight's job at once. Creates a RayJob named digitdraw-retrain-<UTC
 # time> from the nightly job template (ray/cron): the template RayJob, plus the
 # corrections people sent (FEEDBACK_URI) and a warm start from the model LATEST names
-# (INIT_FROM=latest). Then follows it to the end; the model it publishes moves LATEST
-# only if it passes the promotion gate. Safe to rerun: while any training RayJob
+# (INIT_FROM=latest); like the nightly job it trains on approved corrections only
+# (docs/operating.md: reviewing). Then follows it to the end; the model it publishes
+# moves LATEST only if it passes the promotion gate. Safe to rerun: while any training RayJob
 # (a nightly one too) is still running, it waits for that one instead.
 #
 # usage: infra/retrain.sh [--dry-run] [--overlay gke|gpu|gke-pvc] [--no-wait]

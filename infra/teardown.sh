@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Delete everything the other scripts created: the Knative Service, the RayJobs and
-# the nightly RayCronJob, the namespace (and with it the PVC's Filestore instance), the
-# operators, the cluster, the images, the service accounts, the bucket with its models
-# and checkpoints and the feedback bucket with the corrections people sent. Asks first
-# unless --yes; --keep-bucket keeps both buckets.
+# the nightly RayCronJob, the review page's load balancer and address, the namespace
+# (and with it the PVC's Filestore instance), the operators, the cluster, the images, the
+# service accounts, the bucket with its models and checkpoints and the feedback bucket
+# with the corrections people sent. Asks first unless --yes; --keep-bucket keeps both
+# buckets.
 #
 # usage: infra/teardown.sh [--dry-run] [--yes] [--keep-bucket]
 set -euo pipefail
@@ -27,6 +28,9 @@ fi
 if exists gcloud container clusters describe "$CLUSTER" --region "$REGION" --project "$PROJECT_ID" || [[ $DRY_RUN == 1 ]]; then
   step "workloads (the PVC goes with the namespace, so Filestore billing stops)"
   run kubectl delete ksvc "$KSVC" --namespace "$NAMESPACE" --ignore-not-found
+  # The review page's load balancer goes with its Ingress (before the namespace, so the
+  # Ingress controller is still there to remove it); its reserved address goes below.
+  run kubectl delete ingress "$REVIEW" --namespace "$NAMESPACE" --ignore-not-found --wait
   run kubectl delete raycronjob,rayjob --all --namespace "$NAMESPACE" --ignore-not-found
   run kubectl delete namespace "$NAMESPACE" --ignore-not-found --wait
   run helm uninstall kuberay-operator --namespace kuberay-system --ignore-not-found
@@ -34,11 +38,16 @@ if exists gcloud container clusters describe "$CLUSTER" --region "$REGION" --pro
   run gcloud container clusters delete "$CLUSTER" --region "$REGION" --project "$PROJECT_ID" --quiet
 fi
 
+step "the review page's address"
+if exists gcloud compute addresses describe "$REVIEW" --global --project "$PROJECT_ID" || [[ $DRY_RUN == 1 ]]; then
+  run gcloud compute addresses delete "$REVIEW" --global --project "$PROJECT_ID" --quiet
+fi
+
 step "images and service accounts"
 if exists gcloud artifacts repositories describe "$AR_REPO" --location "$REGION" --project "$PROJECT_ID" || [[ $DRY_RUN == 1 ]]; then
   run gcloud artifacts repositories delete "$AR_REPO" --location "$REGION" --project "$PROJECT_ID" --quiet
 fi
-for gsa in "$TRAINER_GSA" "$SERVER_GSA"; do
+for gsa in "$TRAINER_GSA" "$SERVER_GSA" "$REVIEW_GSA"; do
   if exists gcloud iam service-accounts describe "$gsa" --project "$PROJECT_ID" || [[ $DRY_RUN == 1 ]]; then
     run gcloud iam service-accounts delete "$gsa" --project "$PROJECT_ID" --quiet
   fi

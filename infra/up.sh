@@ -22,3 +22,5 @@ fi
 "$INFRA_DIR/build-images.sh" "${args[@]}" "${gpu[@]}"
 "$INFRA_DIR/train.sh" "${args[@]}"
 "$INFRA_DIR/deploy-service.sh" "${args[@]}"
+# The review page, inside the cluster only: infra/deploy-review.sh --expose puts it behind IAP.
+"$INFRA_DIR/deploy-review.sh" "${args[@]}"

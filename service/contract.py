@@ -16,16 +16,36 @@ A store is a directory, a PVC mount or ``gs://bucket/prefix`` (service/store.py)
 is immutable once written. LATEST is written last and moved by compare-and-swap, and the
 pointer it holds is also the newest history entry (training/registry.py).
 
-A feedback store (FEEDBACK_URI) holds the corrections people send::
+A model store also holds the real-drawings evaluation set the promotion gate grades with
+(training/evalset.py)::
+
+    evalsets/<version>.json          approved corrections of held-out writers, frozen: ids, labels, pixels
+    evalsets/holdout.key             the secret that picks the held-out writers (created once)
+
+``<version>`` is again ``<UTC %Y%m%dT%H%M%SZ>-<first 8 hex of the sha256 of its records>``;
+the newest version is the one in use, and a version never changes.
+
+A feedback store (FEEDBACK_URI) holds the corrections people send, and the reviewers'
+decisions on them::
 
     records/<id>.json                one record; <id> is the sha256 of its 28x28 input
     days/<YYYY-MM-DD>/<id>           an empty marker per record and the day it was sent
-    rejected/<id>.json               an operator's rejection: excluded from training, kept
+    decisions/<id>/<stamp>-<decision>.json
+                                     a reviewer's decision: {id, decision, by, at, reason}, decision
+                                     "approved" or "rejected", <stamp> its UTC time as %Y%m%dT%H%M%S.%fZ
+    rejected/<id>.json               a rejection in the layout before decisions: {id, by, at, reason}
 
-Records and markers are create-only: nothing the service writes is ever overwritten. A
-record holds a drawing (``not_a_drawing``): the service stores nothing else, and training
-can apply the same rule to what it reads.
+Everything in it is create-only: nothing is ever overwritten or deleted. A record is
+*pending* until a decision names it; its state is the decision of its newest key (the keys
+sort by time), so a later decision reverses an earlier one, and a listing of decisions/ and
+rejected/ gives every record's state without reading one object. A ``rejected/<id>.json``
+counts as a rejection older than any decision. ``decision_key`` and ``parse_decision_key``
+are the one definition of the decision keys.
+A record holds a drawing (``not_a_drawing``): the service stores nothing else, and the
+training loader applies the same rule to what it reads.
 """
+import datetime
+
 import numpy as np
 
 # The local stores `make run`, the service, training and both CLIs use when none is named.
@@ -36,7 +56,12 @@ LATEST = f"{MODELS}/LATEST"
 HISTORY = "history"
 MODEL_FILE, META_FILE, CHECKPOINT_FILE = "model.onnx", "model.json", "checkpoint.pt"
 
-RECORDS, DAYS, REJECTED = "records", "days", "rejected"
+RECORDS, DAYS, DECISIONS, REJECTED = "records", "days", "decisions", "rejected"
+APPROVED_DECISION, REJECTED_DECISION = "approved", "rejected"  # what a decision key ends in
+DECISION_STAMP = "%Y%m%dT%H%M%S.%fZ"
+
+EVALSETS = "evalsets"
+HOLDOUT_KEY = f"{EVALSETS}/holdout.key"
 
 # The ONNX graph: one float32 input [N, 1, 28, 28] and one float32 output [N, 10], N dynamic.
 SIDE = 28
@@ -66,6 +91,37 @@ def day_key(day, record_id):
 
 def rejected_key(record_id):
     return f"{REJECTED}/{record_id}.json"
+
+
+def decision_key(record_id, at, decision):
+    """The key of a decision (APPROVED_DECISION or REJECTED_DECISION) on ``record_id`` taken
+    at ``at``, an aware UTC datetime: keys of one record sort by time."""
+    if decision not in (APPROVED_DECISION, REJECTED_DECISION):
+        raise ValueError(f"decision {decision!r} is neither {APPROVED_DECISION!r} nor {REJECTED_DECISION!r}")
+    return f"{DECISIONS}/{record_id}/{at.astimezone(datetime.timezone.utc):{DECISION_STAMP}}-{decision}.json"
+
+
+def parse_decision_key(key):
+    """(record id, stamp, decision) of a key ``decision_key`` made (with or without the
+    store's DECISIONS prefix); None for any other key."""
+    parts = key.split("/")
+    if parts[0] == DECISIONS:
+        parts = parts[1:]
+    if len(parts) != 2 or not parts[1].endswith(".json"):
+        return None
+    stamp, _, decision = parts[1].removesuffix(".json").partition("-")
+    if decision not in (APPROVED_DECISION, REJECTED_DECISION):
+        return None
+    try:
+        datetime.datetime.strptime(stamp, DECISION_STAMP)
+    except ValueError:
+        return None
+    return parts[0], stamp, decision
+
+
+def evalset_key(version):
+    """The key of the frozen evaluation set ``version``."""
+    return f"{EVALSETS}/{version}.json"
 
 
 def scale(pixels):

@@ -119,3 +119,27 @@ def pad_ink_fraction(page):
         }""")
 
 
+
+
+# --- accessibility -----------------------------------------------------------------------
+
+AXE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_modules", "axe-core", "axe.min.js")
+BLOCKING = ("serious", "critical")  # the impacts an audit must not find
+
+
+def axe_violations(page, impacts=BLOCKING):
+    """axe-core's violations of ``impacts`` on the page as it is now: [{id, impact, help, targets}].
+
+    axe-core is the npm package tests/package.json pins (make test installs it with npm ci);
+    it is run through the browser's debugging protocol, which the page's Content-Security-
+    Policy does not govern, so the page is audited exactly as it is served."""
+    import pytest
+
+    if not os.path.exists(AXE):
+        pytest.skip(f"axe-core is not installed at {AXE}: run `npm ci` in tests/ (make test does)")
+    if not page.evaluate("() => typeof window.axe === 'object'"):
+        with open(AXE) as f:
+            page.evaluate(f.read())
+    result = page.evaluate("() => axe.run(document, {resultTypes: ['violations']})")
+    return [{"id": v["id"], "impact": v["impact"], "help": v["help"], "targets": [n["target"] for n in v["nodes"]][:5]}
+            for v in result["violations"] if v["impact"] in impacts]

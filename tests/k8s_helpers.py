@@ -733,7 +733,7 @@ def deployment_rules(docs):
                             "is not the overlay's Namespace")
         text = yaml.safe_dump(d)
         for placeholder in ("PROJECT_ID", "REGION", "BUCKET", "FEEDBACK_BUCKET", "AR_REPO", "IMAGE_TAG", "GPU_TYPE",
-                            "NAMESPACE"):
+                            "NAMESPACE", "REVIEW_DOMAIN"):
             if re.search(rf"\b{placeholder}\b", text):
                 problems.append(f"{d['kind']}/{d['metadata']['name']}: placeholder {placeholder} left unfilled")
         if "GOOGLE_APPLICATION_CREDENTIALS" in text or re.search(r"\bsecret(Name|KeyRef)?\b", text):

@@ -2,7 +2,9 @@
 
 The models are real ONNX graphs built with onnx.helper (flatten, matmul, add), so the
 publish tests need no torch; ``tag`` goes into the model's doc string to give each
-publisher different bytes, hence a different sha256 and version.
+publisher different bytes, hence a different sha256 and version. ``tiny_onnx(tag, acc)``
+reads exactly ``acc`` of GATE_SET right (to the nearest of its GATE_COUNT digits), so the
+real promotion gate, ``gate()``, judges them by what they read.
 
 As a script: ``python tests/publish_helpers.py STORE ACC TAG [--barrier DIR N] [--crash-at TEXT]``
 publishes one model and prints the result as JSON on its last line. ``--barrier`` makes the
@@ -24,10 +26,33 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_onnx(tag="", input_name="image", batch="N"):
-    """A valid ONNX model meeting the store contract (unless the arguments say otherwise)."""
-    rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(rng.normal(size=(784, 10)).astype(np.float32), "weight")
+GATE_COUNT = 500  # one digit per pixel: digit i has ink only at pixel i, and its label is i % 10
+
+
+def gate_set():
+    """(images uint8 [GATE_COUNT, 28, 28], labels): the promotion gate's set for tiny models."""
+    x = np.zeros((GATE_COUNT, 28 * 28), np.uint8)
+    x[np.arange(GATE_COUNT), np.arange(GATE_COUNT)] = 255
+    return x.reshape(-1, 28, 28), np.arange(GATE_COUNT) % 10
+
+
+def gate(margin=0.002, digit_margin=0.05, log=lambda line: None):
+    """The real promotion gate (training/champion.py) on gate_set() as MNIST validation."""
+    from training.champion import Gate
+
+    return Gate({"mnist_val": gate_set()}, margin, digit_margin, log=log)
+
+
+def tiny_onnx(tag="", acc=1.0, input_name="image", batch="N", wrong=None):
+    """A valid ONNX model meeting the store contract (unless the arguments say otherwise)
+    that reads round(acc x GATE_COUNT) digits of gate_set() right: the wrong ones are the
+    first, one a digit in turn, so that no digit loses more than its share. ``wrong``, a
+    set of indices of gate_set(), names the ones it reads wrong instead."""
+    weight = np.zeros((784, 10), np.float32)
+    wrong = set(range(GATE_COUNT - round(acc * GATE_COUNT))) if wrong is None else set(wrong)
+    for i in range(GATE_COUNT):
+        weight[i, (i + (i in wrong)) % 10] = 1.0
+    weight = numpy_helper.from_array(weight, "weight")
     bias = numpy_helper.from_array(np.zeros(10, np.float32), "bias")
     graph = helper.make_graph(
         [helper.make_node("Flatten", [input_name], ["flat"], axis=1),
@@ -95,7 +120,7 @@ def main():
             waited = True
             file_barrier(args.barrier[0], args.tag, int(args.barrier[1]))
 
-    result = publish(tiny_onnx(args.tag), meta_for(args.acc), [args.store], log=log)
+    result = publish(tiny_onnx(args.tag, args.acc), meta_for(args.acc), [args.store], gate(), log=log)
     print(json.dumps(result))
 
 

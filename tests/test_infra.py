@@ -125,18 +125,20 @@ def test_dry_run_of_everything_prints_the_pinned_versions_and_steps(fake_tools):
         f"gcloud artifacts repositories create {CONFIG['AR_REPO']} --repository-format docker --location {r}",
         f"gcloud builds submit {ROOT} --project {p} --region {r} --config {INFRA}/cloudbuild.yaml",
         f"_REGISTRY={r}-docker.pkg.dev/{p}/{CONFIG['AR_REPO']},_IMAGE_TAG={CONFIG['IMAGE_TAG']}",
-        "| kubectl apply -l 'app.kubernetes.io/component!=serving' -f -",
+        "| kubectl apply -l 'app.kubernetes.io/component notin (serving,review)' -f -",
         "kubectl get rayjob digitdraw-train-",
         f"kubectl kustomize {INFRA}/overlays/gke | {ROOT}/.venv/bin/python {INFRA}/ksvc.py stable "
-        "| kubectl apply -l 'app.kubernetes.io/component!=training' -f -",
+        "| kubectl apply -l 'app.kubernetes.io/component notin (training,review)' -f -",
         f"kubectl wait ksvc digitdraw --namespace {ns} --for condition=Ready",
         f"kubectl get ksvc digitdraw --namespace {ns} -o 'jsonpath={{.status.url}}",
+        f"kubectl kustomize {INFRA}/overlays/gke | kubectl apply -l 'app.kubernetes.io/component=review' -f -",
     ]
     for text in expected:
         assert text in cmds, f"missing from the dry run: {text}\n---\n{cmds}"
-    # In order: cluster, storage, operators, images, training, serving.
+    # In order: cluster, storage, operators, images, training, serving, the review page.
     order = [cmds.index(t) for t in ("create-auto", "buckets create", "helm upgrade", "builds submit",
-                                     "component!=serving", "component!=training")]
+                                     "notin (serving,review)", "notin (training,review)", "component=review")]
+    assert "review/expose" not in cmds, "the review page is exposed only by deploy-review.sh --expose"
     assert order == sorted(order)
 
 
@@ -150,14 +152,19 @@ def test_pinned_versions_match_the_schemas_the_tests_use():
         assert "**v1.7.0**" in text and "knative-v1.23.0" in text
 
 
-def test_the_selectors_split_the_overlay_between_training_and_serving():
-    """train.sh applies component!=serving, deploy-service.sh component!=training."""
+def test_the_selectors_split_the_overlay_between_training_serving_and_the_review_page():
+    """train.sh applies component notin (serving,review), deploy-service.sh component notin
+    (training,review), deploy-review.sh component=review."""
     for overlay in k8s.OVERLAYS:
         docs = k8s.render(overlay)
         comp = {(d["kind"], d["metadata"]["name"]): d["metadata"].get("labels", {}).get("app.kubernetes.io/component")
                 for d in docs}
-        training = {k for k, v in comp.items() if v != "serving"}
-        serving = {k for k, v in comp.items() if v != "training"}
+        training = {k for k, v in comp.items() if v not in ("serving", "review")}
+        serving = {k for k, v in comp.items() if v not in ("training", "review")}
+        review = {k for k, v in comp.items() if v == "review"}
+        assert {("Deployment", "digitdraw-review"), ("Service", "digitdraw-review"),
+                ("ServiceAccount", "digitdraw-review"), ("BackendConfig", "digitdraw-review")} == review
+        assert not review & (training | serving)
         assert ("RayJob", "digitdraw-train") in training - serving
         assert ("ServiceAccount", "digitdraw-trainer") in training - serving
         assert ("Service", "digitdraw") in serving - training
@@ -212,6 +219,9 @@ def test_teardown_deletes_everything_and_can_keep_the_bucket(fake_tools):
     assert out.returncode == 0 and not calls
     cmds = "\n".join(commands(out.stdout))
     for text in (f"kubectl delete namespace {CONFIG['NAMESPACE']}", "helm uninstall kuberay-operator",
+                 f"kubectl delete ingress digitdraw-review --namespace {CONFIG['NAMESPACE']} --ignore-not-found --wait",
+                 f"gcloud compute addresses delete digitdraw-review --global --project {CONFIG['PROJECT_ID']}",
+                 f"gcloud iam service-accounts delete digitdraw-review@{CONFIG['PROJECT_ID']}.iam.gserviceaccount.com",
                  f"gcloud container clusters delete {CONFIG['CLUSTER']}", f"gcloud storage rm --recursive gs://{CONFIG['BUCKET']}",
                  f"gcloud artifacts repositories delete {CONFIG['AR_REPO']}"):
         assert text in cmds
@@ -239,7 +249,7 @@ def test_cloudbuild_builds_the_images_the_manifests_run():
     with open(os.path.join(INFRA, "cloudbuild.yaml")) as f:
         cb = yaml.safe_load(f)
     text = yaml.safe_dump(cb)
-    for dockerfile in ("training/Dockerfile", "service/Dockerfile"):
+    for dockerfile in ("training/Dockerfile", "service/Dockerfile", "training/review/Dockerfile"):
         assert dockerfile in text and os.path.exists(os.path.join(ROOT, dockerfile))
     built = set(re.findall(r"\$\{_REGISTRY\}/([a-z-]+):\$\{_IMAGE_TAG\}", text))
     used = set()
@@ -249,14 +259,16 @@ def test_cloudbuild_builds_the_images_the_manifests_run():
         (svc,) = k8s.find(docs, "Service", "serving.knative.dev")
         images = [c["image"] for _, pod in k8s.ray_pods(job) for c in pod["containers"]]
         images += [c["image"] for c in svc["spec"]["template"]["spec"]["containers"]]
+        images += [c["image"] for d in k8s.find(docs, "Deployment") for c in d["spec"]["template"]["spec"]["containers"]]
         used |= {i.rsplit("/", 1)[1].split(":")[0] for i in images}
-    assert used == built == {"digitdraw-training", "digitdraw-training-gpu", "digitdraw-service"}
+    assert used == built == {"digitdraw-training", "digitdraw-training-gpu", "digitdraw-service", "digitdraw-review"}
     assert set(cb["substitutions"]) == {"_REGISTRY", "_IMAGE_TAG", "_WITH_GPU"}
 
 
 def test_storage_is_least_privilege(fake_tools):
     """The server may only read models and only create feedback records; the trainer
-    writes models and only reads feedback."""
+    writes models and only reads feedback; the review page only reads feedback and creates
+    decisions (neither role may overwrite or delete), and has nothing on the model bucket."""
     out, calls = run_script("setup-storage.sh", ["--dry-run"], fake_tools)
     assert out.returncode == 0 and not calls, out.stderr
     p, b, fb = CONFIG["PROJECT_ID"], CONFIG["BUCKET"], CONFIG["FEEDBACK_BUCKET"]
@@ -272,8 +284,47 @@ def test_storage_is_least_privilege(fake_tools):
         (f"gs://{b}", "digitdraw-server", "roles/storage.objectViewer"),
         (f"gs://{fb}", "digitdraw-server", "roles/storage.objectCreator"),
         (f"gs://{fb}", "digitdraw-trainer", "roles/storage.objectViewer"),
+        (f"gs://{fb}", "digitdraw-review", "roles/storage.objectViewer"),
+        (f"gs://{fb}", "digitdraw-review", "roles/storage.objectCreator"),
     }
+    assert f"--member 'serviceAccount:{p}.svc.id.goog[{CONFIG['NAMESPACE']}/digitdraw-review]'" in out.stdout
     assert f"gcloud storage buckets create gs://{fb} --project {p}" in out.stdout
+
+
+def test_deploy_review_keeps_the_page_inside_the_cluster_unless_exposed(fake_tools):
+    out, calls = run_script("deploy-review.sh", ["--dry-run"], fake_tools)
+    assert out.returncode == 0 and not calls, out.stderr
+    ns = CONFIG["NAMESPACE"]
+    assert commands(out.stdout) == [
+        f"kubectl create namespace {ns}",
+        f"kubectl kustomize {INFRA}/overlays/gke | kubectl apply -l 'app.kubernetes.io/component=review' -f -",
+        f"kubectl rollout status deployment digitdraw-review --namespace {ns} --timeout 300s"]
+    assert "refuses every request until" in out.stdout
+
+
+def test_deploy_review_expose_puts_iap_in_front_and_sets_the_audience(fake_tools):
+    out, calls = run_script("deploy-review.sh", ["--dry-run", "--expose"], fake_tools)
+    assert out.returncode == 0 and not calls, out.stderr
+    cmds = commands(out.stdout)
+    p, ns = CONFIG["PROJECT_ID"], CONFIG["NAMESPACE"]
+    for text in (f"gcloud services enable iap.googleapis.com --project {p}",
+                 f"gcloud compute addresses create digitdraw-review --global --project {p}",
+                 f"kubectl kustomize {ROOT}/review/expose | kubectl apply -l 'app.kubernetes.io/component=review' -f -",
+                 f"gcloud compute backend-services list --global --project {p} --filter 'name~-{ns}-digitdraw-review-80-'",
+                 f"gcloud projects describe {p} --format 'value(projectNumber)'",
+                 f"kubectl rollout restart deployment digitdraw-review --namespace {ns}"):
+        assert any(text in c for c in cmds), f"missing: {text}\n" + "\n".join(cmds)
+    grants = [c for c in cmds if c.startswith("gcloud iap web add-iam-policy-binding")]
+    assert [shlex.split(c)[shlex.split(c).index("--member") + 1] for c in grants] == [
+        f"user:{r}" for r in CONFIG["REVIEWERS"].split(",")]
+    assert all("--role roles/iap.httpsResourceAccessor" in c for c in grants)
+    (audience,) = [c for c in cmds if "kubectl create configmap digitdraw-review-iap" in c]
+    assert "REVIEW_IAP_AUDIENCE=/projects/<project number>/global/backendServices/<its id>" in audience
+    order = [next(i for i, c in enumerate(cmds) if t in c) for t in (
+        "review/expose", "iap web add-iam-policy-binding", "create configmap", "rollout restart")]
+    assert order == sorted(order)
+    out, _ = run_script("deploy-review.sh", ["--dry-run", "--exposed"], fake_tools)
+    assert out.returncode == 2 and "unknown option --exposed" in out.stderr
 
 
 def test_teardown_deletes_both_buckets_unless_kept(fake_tools):
@@ -339,9 +390,10 @@ def test_each_training_is_a_new_rayjob_from_the_template(script, prefix, cluster
     (template,) = k8s.find(docs, "RayJob")
     (cron,) = k8s.find(docs, "RayCronJob")
     # kubectl applies only the training side of what kustomize prints.
-    assert [c for c in calls if c.startswith("kubectl apply ")] == [
-        "kubectl apply -l app.kubernetes.io/component\\!=serving -f - "]
-    applied = [d for d in applied if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") != "serving"]
+    assert [shlex.split(c) for c in calls if c.startswith("kubectl apply ")] == [
+        ["kubectl", "apply", "-l", "app.kubernetes.io/component notin (serving,review)", "-f", "-"]]
+    applied = [d for d in applied
+               if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") not in ("serving", "review")]
     (job,) = k8s.find(applied, "RayJob")
     assert re.fullmatch(prefix + r"\d{8}-\d{6}", job["metadata"]["name"]), job["metadata"]["name"]
     assert job["metadata"]["labels"] == template["metadata"]["labels"]
@@ -372,8 +424,8 @@ def test_retrain_dry_run(fake_tools):
     assert out.returncode == 0 and not calls, out.stderr
     name = re.search(r"RayJob (digitdraw-retrain-\d{8}-\d{6}) from the nightly job template", out.stdout).group(1)
     assert "#   replacements:" in out.stdout and "fieldPath: spec.jobTemplate" in out.stdout
-    assert re.search(r"^\+ kubectl kustomize \S+ \| kubectl apply -l 'app.kubernetes.io/component!=serving' -f -$",
-                     out.stdout, re.M)
+    assert re.search(r"^\+ kubectl kustomize \S+ \| kubectl apply -l 'app.kubernetes.io/component notin "
+                     r"\(serving,review\)' -f -$", out.stdout, re.M)
     assert f"+ kubectl logs --namespace {CONFIG['NAMESPACE']} -l job-name={name} --tail 40" in out.stdout
     out, _ = run_script("retrain.sh", ["--dry-run", "--no-wait"], fake_tools)
     assert "follow it: kubectl get rayjob digitdraw-retrain-" in out.stdout and "kubectl logs --namespace" not in out.stdout

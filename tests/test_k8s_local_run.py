@@ -306,7 +306,8 @@ def feedback_records(count=4):
 @pytest.fixture(scope="module")
 def retrained_from_raycronjob(manifests, trained_from_rayjob, fake_gcs, tmp_path_factory):
     """One night's RayJob: the RayCronJob's job template under the name KubeRay gives a
-    tick's RayJob, run like the RayJob, with corrections waiting in the feedback bucket."""
+    tick's RayJob, run like the RayJob, with corrections waiting in the feedback bucket,
+    all but one approved."""
     from google.cloud import storage
 
     cron, docs = manifests["cron"], manifests["docs"]
@@ -323,6 +324,14 @@ def retrained_from_raycronjob(manifests, trained_from_rayjob, fake_gcs, tmp_path
     rejected = records[-1]
     client.blob("/".join(filter(None, [prefix, f"rejected/{rejected['id']}.json"]))).upload_from_string(
         json.dumps({"id": rejected["id"], "reason": "not a digit", "by": "reviewer"}))
+    # The others a reviewer approved: the nightly job trains on approved corrections only.
+    from service.contract import decision_key
+
+    at = datetime.datetime.now(datetime.timezone.utc)
+    for r in records[:-1]:
+        client.blob("/".join(filter(None, [prefix, decision_key(r["id"], at, "approved")]))).upload_from_string(
+            json.dumps({"id": r["id"], "decision": "approved", "by": "reviewer", "at": f"{at:%Y-%m-%dT%H:%M:%SZ}",
+                        "reason": "looked at them"}))
     # KubeRay names each tick's RayJob <raycronjob>-<minutes since 1970 of the tick>.
     name = f"{cron['metadata']['name']}-{int(time.time() // 60)}"
     # The PVC the first run used, as the nightly job shares the RayJob's claim.
@@ -350,6 +359,7 @@ def test_raycronjob_retrains_from_latest_with_the_feedback(trained_from_rayjob, 
         f"no warm start from LATEST ({first}) in the driver's log:\n{logs[-3000:]}"
     assert [line for line in lines if env["FEEDBACK_URI"] in line], \
         f"the feedback store is not in the driver's log:\n{logs[-3000:]}"
+    assert "4 records: 3 approved, 0 pending, 1 rejected; trusting the approved ones: 3" in logs, logs[-3000:]
     # Other data and other starting weights: a model of its own (the same weights would
     # be the same version, training is deterministic).
     versions = store.list_versions()

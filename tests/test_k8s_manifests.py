@@ -43,7 +43,8 @@ def test_overlays_exist_and_render(rendered):
     assert {"gke", "gpu", "gke-pvc"} <= set(rendered)
     for overlay, docs in rendered.items():
         kinds = sorted(d["kind"] for d in docs)
-        assert kinds.count("RayJob") == kinds.count("RayCronJob") == kinds.count("Service") == 1, (overlay, kinds)
+        assert kinds.count("RayJob") == kinds.count("RayCronJob") == 1, (overlay, kinds)
+        assert len(k8s.find(docs, "Service", "serving.knative.dev")) == 1, (overlay, kinds)
         assert {"Namespace", "PersistentVolumeClaim", "ServiceAccount", "ConfigMap"} <= set(kinds), (overlay, kinds)
 
 

@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 from conftest import free_port
-from publish_helpers import meta_for, overwrite, tiny_onnx
+from publish_helpers import gate, meta_for, overwrite, tiny_onnx
 from service.store import (GCS_RETRY_SECONDS, PointerConflict, StoreError, StoreNotFound, StoreUnreachable,
                            load_verified, open_store, sha256_hex)
 from training.publish import publish
@@ -36,13 +36,14 @@ def quiet(lines=None):
 
 
 def test_publish_writes_the_contract_layout(store_uri):
-    onnx_bytes = tiny_onnx("layout")
+    onnx_bytes = tiny_onnx("layout", 0.99)
     seen = []  # (log line, LATEST at that moment): LATEST must appear only with the last step
 
     def log(line):
         seen.append((line, latest(store_uri)))
 
-    result = publish(onnx_bytes, meta_for(0.99, training={"epochs": 4}, code_revision="abc123"), [store_uri], log=log)
+    result = publish(onnx_bytes, meta_for(0.99, training={"epochs": 4}, code_revision="abc123"), [store_uri], gate(),
+                     log=log)
 
     version = result["version"]
     sha = sha256_hex(onnx_bytes)
@@ -73,7 +74,7 @@ def test_publish_writes_the_contract_layout(store_uri):
 def test_publish_to_several_stores_gives_one_version(tmp_path, fake_gcs):
     fake_gcs.make_bucket(BUCKET)
     uris = [str(tmp_path / "pvc"), f"gs://{BUCKET}/{uuid.uuid4().hex[:12]}"]
-    result = publish(tiny_onnx("two"), meta_for(0.98), uris, log=quiet())
+    result = publish(tiny_onnx("two", 0.98), meta_for(0.98), uris, gate(), log=quiet())
     assert sorted(result["stores"]) == sorted(uris)
     for uri in uris:
         assert result["stores"][uri]["promoted"]
@@ -82,29 +83,34 @@ def test_publish_to_several_stores_gives_one_version(tmp_path, fake_gcs):
 
 
 def test_promotion_gate_margin_and_force(store_uri):
+    # The gate scores both models on its 500 digits: one digit is 0.002, the margin.
     store = open_store(store_uri)
-    best = publish(tiny_onnx("best"), meta_for(0.990), [store_uri], log=quiet())["version"]
+    best = publish(tiny_onnx("best", 0.990), meta_for(0.990), [store_uri], gate(), log=quiet())["version"]
 
     lines = []
-    worse = publish(tiny_onnx("worse"), meta_for(0.985), [store_uri], log=quiet(lines))
+    worse = publish(tiny_onnx("worse", 0.984), meta_for(0.984), [store_uri], gate(), log=quiet(lines))
     outcome = worse["stores"][store_uri]
     assert not outcome["promoted"] and outcome["previous"] == best
-    assert "margin" in outcome["reason"] and best in outcome["reason"]
+    assert "margin" in outcome["reason"] and "mnist_val 0.9840 vs 0.9900" in outcome["reason"]
     assert any("NOT promoting" in line and "margin" in line for line in lines), lines  # the reason is logged
     assert latest(store_uri) == best
     load_verified(store, worse["version"])  # published all the same
     assert sorted(store.list_versions()) == sorted([best, worse["version"]])
+    evaluation = load_verified(store, worse["version"])[1]["evaluation"]  # model.json keeps the verdict
+    assert (evaluation["champion"], evaluation["promote"]) == (best, False)
+    assert evaluation["challenger_scores"] == {"mnist_val": 0.984}
+    assert evaluation["champion_scores"] == {"mnist_val": 0.99}
 
-    # Within the margin (0.990 - 0.989 <= 0.002, and exactly at it) is promoted.
-    close = publish(tiny_onnx("close"), meta_for(0.989), [store_uri], log=quiet())
+    # Within the margin (0.990 - 0.988 <= 0.002, and exactly at it) is promoted.
+    close = publish(tiny_onnx("close", 0.988), meta_for(0.988), [store_uri], gate(), log=quiet())
     assert close["stores"][store_uri]["promoted"] and latest(store_uri) == close["version"]
-    at_margin = publish(tiny_onnx("at-margin"), meta_for(0.987), [store_uri], log=quiet())
+    at_margin = publish(tiny_onnx("at-margin", 0.986), meta_for(0.986), [store_uri], gate(), log=quiet())
     assert at_margin["stores"][store_uri]["promoted"]
 
     # A wider margin lets a worse model through; force promotes regardless, and says so.
-    wide = publish(tiny_onnx("wide"), meta_for(0.95), [store_uri], margin=0.05, log=quiet())
+    wide = publish(tiny_onnx("wide", 0.95), meta_for(0.95), [store_uri], gate(0.05, 1.0), log=quiet())
     assert wide["stores"][store_uri]["promoted"]
-    forced = publish(tiny_onnx("forced"), meta_for(0.50), [store_uri], force=True, log=quiet())
+    forced = publish(tiny_onnx("forced", 0.50), meta_for(0.50), [store_uri], gate(), force=True, log=quiet())
     assert forced["stores"][store_uri]["promoted"] and "forced" in forced["stores"][store_uri]["reason"]
     assert latest(store_uri) == forced["version"]
 
@@ -148,7 +154,7 @@ def test_concurrent_threads_cannot_both_win(store_uri):
                 first[0] = False
                 barrier.wait()
 
-        return publish(tiny_onnx(f"thread-{i}"), meta_for(ACCS[i]), [store_uri], log=log)
+        return publish(tiny_onnx(f"thread-{i}", ACCS[i]), meta_for(ACCS[i]), [store_uri], gate(), log=log)
 
     with concurrent.futures.ThreadPoolExecutor(len(ACCS)) as pool:
         results = list(pool.map(publisher, range(len(ACCS))))
@@ -176,7 +182,7 @@ def test_concurrent_processes_cannot_both_win(store_uri, tmp_path):
 
 @pytest.mark.parametrize("crash_at", ["uploaded", "verified", "moving LATEST"])
 def test_crash_before_pointer_move_keeps_old_latest(store_uri, crash_at):
-    good = publish(tiny_onnx("good"), meta_for(0.97), [store_uri], log=quiet())["version"]
+    good = publish(tiny_onnx("good", 0.97), meta_for(0.97), [store_uri], gate(), log=quiet())["version"]
 
     proc = run_publisher(store_uri, 0.99, f"crash-{crash_at}", "--crash-at", crash_at)
     out, _ = proc.communicate(timeout=120)
@@ -194,14 +200,14 @@ def test_crash_before_pointer_move_keeps_old_latest(store_uri, crash_at):
             load_verified(store, orphans[0])
 
     # The next publish is not confused by the orphan.
-    after = publish(tiny_onnx("after"), meta_for(0.99), [store_uri], log=quiet())
+    after = publish(tiny_onnx("after", 0.99), meta_for(0.99), [store_uri], gate(), log=quiet())
     assert after["stores"][store_uri]["promoted"] and after["stores"][store_uri]["previous"] == good
     assert latest(store_uri) == after["version"]
 
 
 def test_corrupt_upload_is_refused_and_not_promoted(store_uri):
-    good = publish(tiny_onnx("good"), meta_for(0.97), [store_uri], log=quiet())["version"]
-    onnx_bytes = tiny_onnx("to-corrupt")
+    good = publish(tiny_onnx("good", 0.97), meta_for(0.97), [store_uri], gate(), log=quiet())["version"]
+    onnx_bytes = tiny_onnx("to-corrupt", 0.99)
     corrupt = onnx_bytes[:-100] + bytes(100)
 
     def log(line):
@@ -210,7 +216,7 @@ def test_corrupt_upload_is_refused_and_not_promoted(store_uri):
             overwrite(store_uri, line.split("uploaded ")[1], corrupt)
 
     with pytest.raises(StoreError, match="sha256") as err:
-        publish(onnx_bytes, meta_for(0.99), [store_uri], log=log)
+        publish(onnx_bytes, meta_for(0.99), [store_uri], gate(), log=log)
     assert store_uri in str(err.value)
     store = open_store(store_uri)
     assert latest(store_uri) == good
@@ -223,7 +229,7 @@ def test_corrupt_upload_is_refused_and_not_promoted(store_uri):
 def test_missing_bucket_is_unreachable(fake_gcs):
     uri = "gs://no-such-bucket-digitdraw/models-prefix"
     with pytest.raises(StoreUnreachable, match="gs://no-such-bucket-digitdraw does not exist") as err:
-        publish(tiny_onnx("x"), meta_for(0.99), [uri], log=quiet())
+        publish(tiny_onnx("x", 0.99), meta_for(0.99), [uri], gate(), log=quiet())
     assert uri in str(err.value)
     # The service's first call reports it too, rather than "no model yet".
     with pytest.raises(StoreUnreachable, match="does not exist"):
@@ -236,7 +242,7 @@ def test_unreachable_gcs_host_is_reported_after_a_bounded_retry(monkeypatch):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")
     uri = "gs://some-bucket/models-prefix"
     with pytest.raises(StoreUnreachable, match="cannot reach GCS") as err:
-        publish(tiny_onnx("x"), meta_for(0.99), [uri], log=quiet())
+        publish(tiny_onnx("x", 0.99), meta_for(0.99), [uri], gate(), log=quiet())
     assert uri in str(err.value)
     # The client's own default retries for 120 s; the store gives up after GCS_RETRY_SECONDS.
     assert f"Timeout of {float(GCS_RETRY_SECONDS)}s exceeded" in str(err.value)
@@ -256,7 +262,7 @@ def test_unwritable_directory_is_unreachable_and_other_stores_still_publish(tmp_
     blocker.write_text("a file where the store directory should be")
     good, bad = str(tmp_path / "store"), str(blocker / "store")
     with pytest.raises(StoreUnreachable) as err:
-        publish(tiny_onnx("x"), meta_for(0.99), [bad, good], log=quiet())
+        publish(tiny_onnx("x", 0.99), meta_for(0.99), [bad, good], gate(), log=quiet())
     assert bad in str(err.value) and good in str(err.value)  # names the failed store and the one that worked
     assert latest(good) is not None
 
@@ -273,25 +279,25 @@ def test_unwritable_directory_is_unreachable_and_other_stores_still_publish(tmp_
 def test_unusable_model_or_meta_writes_nothing(tmp_path, onnx_bytes, meta, match):
     uri = str(tmp_path / "store")
     with pytest.raises(ValueError, match=match):
-        publish(onnx_bytes, meta, [uri], log=quiet())
+        publish(onnx_bytes, meta, [uri], gate(), log=quiet())
     assert not os.path.exists(uri)
 
 
 def test_pointer_conflict_is_raised_when_latest_keeps_moving(tmp_path):
     # Another publisher wins every round: after the bounded retries we give up loudly.
     uri = str(tmp_path / "store")
-    publish(tiny_onnx("first"), meta_for(0.97), [uri], log=quiet())
+    publish(tiny_onnx("first", 0.97), meta_for(0.97), [uri], gate(), log=quiet())
     rounds = []
 
     def log(line):
         if "moving LATEST" in line:  # between our read and our swap, someone else moves LATEST
             rounds.append(line)
-            publish(tiny_onnx(f"rival-{len(rounds)}"), meta_for(0.97), [uri], log=quiet())
+            publish(tiny_onnx(f"rival-{len(rounds)}", 0.97), meta_for(0.97), [uri], gate(), log=quiet())
 
     with pytest.raises(PointerConflict, match="gave up after 3 attempts"):
-        publish(tiny_onnx("unlucky"), meta_for(0.97), [uri], log=log, attempts=3)
+        publish(tiny_onnx("unlucky", 0.97), meta_for(0.97), [uri], gate(), log=log, attempts=3)
     assert len(rounds) == 3
-    assert latest(uri).endswith(sha256_hex(tiny_onnx("rival-3"))[:8])  # the last rival holds LATEST
+    assert latest(uri).endswith(sha256_hex(tiny_onnx("rival-3", 0.97))[:8])  # the last rival holds LATEST
 
 
 def test_publishing_the_same_model_again_publishes_and_moves_nothing(store_uri):
@@ -300,11 +306,11 @@ def test_publishing_the_same_model_again_publishes_and_moves_nothing(store_uri):
     from training import registry
 
     onnx_bytes = tiny_onnx("rerun")
-    first = publish(onnx_bytes, meta_for(0.99), [store_uri], log=quiet())
+    first = publish(onnx_bytes, meta_for(0.99), [store_uri], gate(), log=quiet())
     store = open_store(store_uri)
     moves = registry.history(store)
     lines = []
-    again = publish(onnx_bytes, meta_for(0.99), [store_uri], log=quiet(lines))
+    again = publish(onnx_bytes, meta_for(0.99), [store_uri], gate(), log=quiet(lines))
     assert store.list_versions() == [first["version"]]
     assert latest(store_uri) == first["version"] and registry.history(store) == moves
     outcome = again["stores"][store_uri]

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import free_port
-from publish_helpers import ROOT, meta_for, overwrite, tiny_onnx
+from publish_helpers import ROOT, gate, meta_for, overwrite, tiny_onnx
 from service import contract
 from service.store import load_verified, open_store
 from test_publish import latest, quiet
@@ -109,8 +109,8 @@ def publish_in_turn(uri, *accs, **meta):
     for acc in accs:
         if int(time.time()) <= _last_second[0]:
             time.sleep(1.01 - time.time() % 1)
-        versions.append(publish(tiny_onnx(f"registry-{next(_tags)}"), meta_for(acc, **meta), [uri], by="publisher",
-                                log=quiet())["version"])
+        versions.append(publish(tiny_onnx(f"registry-{next(_tags)}", acc), meta_for(acc, **meta), [uri], gate(),
+                                by="publisher", log=quiet())["version"])
         _last_second[0] = int(time.time())
     return versions
 
@@ -177,10 +177,8 @@ def test_list_shows_real_drawings_accuracy_when_present(store_uri):
 
 
 def test_show_prints_model_json_source_and_verification(store_uri):
-    evaluation = {"real_drawings": 40, "feedback_since": "2026-11-01"}
     version, = publish_in_turn(store_uri, 0.99, run_name="digitdraw-run-7", code_revision="abc123",
-                               data_source="bundled sample", metrics={"val_accuracy": 0.99, "real_accuracy": 0.9},
-                               evaluation=evaluation)
+                               data_source="bundled sample", metrics={"val_accuracy": 0.99, "real_accuracy": 0.9})
     _, meta = load_verified(open_store(store_uri), version)
 
     shown = cli(store_uri, "show", version)
@@ -191,7 +189,8 @@ def test_show_prints_model_json_source_and_verification(store_uri):
     assert fields["run"] == "digitdraw-run-7" and fields["code"] == "abc123" and fields["data"] == "bundled sample"
     assert fields["accuracy"] == "validation 99.00%, real drawings 90.00%"
     assert fields["verified"] == f"yes (model.onnx has sha256 {meta['sha256'][:12]}...)"
-    assert json.loads(fields["evaluation"]) == evaluation
+    assert json.loads(fields["evaluation"]) == meta["evaluation"]  # the gate's verdict, written by publish
+    assert (meta["evaluation"]["promote"], meta["evaluation"]["reason"]) == (True, "no LATEST yet")
     assert json.loads(body) == meta
 
     # Corrupted behind the store's back: still shown, but it does not verify (exit 6).

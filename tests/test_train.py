@@ -229,7 +229,9 @@ def test_help_documents_every_flag_with_its_env_var():
              "--publish": "PUBLISH_URIS", "--max-train-samples": "MAX_TRAIN_SAMPLES",
              "--promotion-margin": "PROMOTION_MARGIN", "--force-promote": "FORCE_PROMOTE",
              "--max-failures": "MAX_FAILURES", "--keep-checkpoints": "KEEP_CHECKPOINTS", "--seed": "SEED",
-             "--precision": "PRECISION", "--quantize": "QUANTIZE"}
+             "--precision": "PRECISION", "--quantize": "QUANTIZE", "--feedback": "FEEDBACK_URI",
+             "--feedback-trust": "FEEDBACK_TRUST", "--feedback-max": "FEEDBACK_MAX", "--feedback-share": "FEEDBACK_SHARE",
+             "--feedback-weight": "FEEDBACK_WEIGHT", "--digit-margin": "DIGIT_MARGIN", "--init-from": "INIT_FROM"}
     for flag, env in flags.items():
         assert re.search(rf"{flag}\b", out), flag
         assert f"(env {env};" in out, env
@@ -240,6 +242,13 @@ def test_unknown_precision_is_refused_before_anything_starts():
                             text=True, timeout=60)
     assert result.returncode != 0
     assert "--precision 'fp16': use auto, bf16 or fp32" in result.stderr
+
+
+def test_unknown_feedback_trust_is_refused_before_anything_starts():
+    result = subprocess.run([sys.executable, "-m", "training", "--feedback-trust", "everyone"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "argument --feedback-trust: 'everyone': use approved or all" in result.stderr
 
 
 def test_unknown_quantization_is_refused_before_anything_starts():

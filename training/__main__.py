@@ -18,9 +18,9 @@ from training.trainer import RECIPE, use_local_ray_env
 use_local_ray_env()  # before Ray is imported: it reads them then
 
 from training.data import DATA_DIR_HELP, DATA_ERRORS, MIRRORS_HELP, SOURCE_HELP, load_mnist  # noqa: E402
-from training.feedback import HOLDOUT_SHARE  # noqa: E402
+from training.champion import DIGIT_MARGIN, PROMOTION_MARGIN  # noqa: E402
+from training.feedback.loader import HOLDOUT_SHARE, MAX_CORRECTIONS, MAX_SHARE, TRUST  # noqa: E402
 from service import contract  # noqa: E402
-from service.contract import SIDE  # noqa: E402
 from service.store import StoreError, open_store  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +36,12 @@ def _bool(text):
 
 def _optional_int(text):
     return None if str(text).lower() in ("", "none", "all", "0") else int(text)
+
+
+def _trust(text):
+    if text not in TRUST:
+        raise argparse.ArgumentTypeError(f"{text!r}: use {' or '.join(TRUST)}")
+    return text
 
 
 # (flag, env var, default, type, help). The defaults here are the documented ones.
@@ -62,8 +68,16 @@ FLAGS = [
      "comma-separated model stores (dirs or gs://bucket/prefix) to publish the ONNX model to; none to skip "
      "export and publish"),
     ("--feedback", "FEEDBACK_URI", "none", str,
-     "feedback store (dir or gs://bucket/prefix) whose accepted corrections join the training data; "
-     f"{int(HOLDOUT_SHARE * 100)}%% of their writers are held out as the real-drawings validation set; none to skip"),
+     "feedback store (dir or gs://bucket/prefix) whose trusted corrections join the training data; "
+     f"{int(HOLDOUT_SHARE * 100)}%% of their writers (by a keyed hash) never train, and their approved corrections "
+     "are the real-drawings evaluation set, frozen in the first --publish store; none to skip"),
+    ("--feedback-trust", "FEEDBACK_TRUST", "approved", _trust,
+     "approved: train on the corrections a reviewer approved (python -m training.feedback approve); all: on every "
+     "one not rejected, for a store only you write to, such as your own local page"),
+    ("--feedback-max", "FEEDBACK_MAX", MAX_CORRECTIONS, int,
+     "train on at most this many corrections, the newest first; the rest are counted and named in the log"),
+    ("--feedback-share", "FEEDBACK_SHARE", MAX_SHARE, float,
+     "no client and no network gives more than this share of --feedback-max"),
     ("--feedback-weight", "FEEDBACK_WEIGHT", 8, int,
      "times each correction is seen per epoch (MNIST digits once); docs/training.md says how it was chosen"),
     ("--init-from", "INIT_FROM", "none", str,
@@ -71,9 +85,12 @@ FLAGS = [
      "none (fresh weights), or the URI of a checkpoint file or directory"),
     ("--max-train-samples", "MAX_TRAIN_SAMPLES", None, _optional_int,
      "use only the first N training digits (quick runs); default all"),
-    ("--promotion-margin", "PROMOTION_MARGIN", 0.002, float,
-     "do not move LATEST unless the new model is within this of LATEST's model on MNIST validation (and at "
-     "least as good on real drawings), both scored in this run"),
+    ("--promotion-margin", "PROMOTION_MARGIN", PROMOTION_MARGIN, float,
+     "do not move LATEST if the new model's accuracy on any trusted set (MNIST validation, real drawings, the "
+     "bundled pen digits) is below LATEST's model's by more than this; both scored in this run"),
+    ("--digit-margin", "DIGIT_MARGIN", DIGIT_MARGIN, float,
+     "nor if, on any one digit of any of those sets, it reads right fewer than LATEST's model by more than this "
+     "share of that digit's samples and by more than one sample (training/champion.py says why)"),
     ("--force-promote", "FORCE_PROMOTE", False, _bool, "move LATEST regardless of the promotion gate"),
     ("--quantize", "QUANTIZE", "int8", str,
      "int8: publish ONNX Runtime's int8 version of the model if it matches the float one on the validation "
@@ -131,10 +148,10 @@ def main(argv=None):
     if args.max_train_samples:
         train_x, train_y = train_x[:args.max_train_samples], train_y[:args.max_train_samples]
     log(f"data: {data.source}; training on {len(train_y):,} digits, validating on {len(data.val_y):,}")
-    real_x, real_y, feedback_info = corrections(args, log)
-    if feedback_info:
-        train_x = np.concatenate([train_x, *[feedback_info.pop("train_x")] * args.feedback_weight])
-        train_y = np.concatenate([train_y, *[feedback_info.pop("train_y")] * args.feedback_weight])
+    real, used, feedback_info = corrections(args, stores, log)
+    if used is not None and len(used):
+        train_x = np.concatenate([train_x, *[used.x] * args.feedback_weight])
+        train_y = np.concatenate([train_y, *[used.y] * args.feedback_weight])
 
     from training import checkpoints
     try:
@@ -160,7 +177,8 @@ def main(argv=None):
     log(f"train: run {run_name} -> {args.storage_path.rstrip('/')}/{run_name}"
         + (f" (mirror {mirror.rstrip('/')}/{run_name})" if mirror else "")
         + f"; {args.num_workers} worker(s), {'GPU' if args.use_gpu else 'CPU'}, {args.epochs} epochs")
-    val_sets = {"real": (real_x, real_y)} if len(real_y) else {}
+    # The held-out sets scored every epoch, and (with MNIST validation) the trusted sets the gate grades on.
+    val_sets = {"real": (real.x, real.y)} if real is not None and len(real) else {}
     arrays = {"train_x": train_x, "train_y": train_y, "val_x": data.val_x, "val_y": data.val_y,
               "val_sets": val_sets, "init_model": init[0] if init else None}
     result = run_training(recipe, arrays, num_workers=args.num_workers, use_gpu=args.use_gpu,
@@ -204,7 +222,7 @@ def main(argv=None):
                               confusion_matrix(data.val_y, preds), confusions)
     log(f"summary: run {run_name}: epoch {state['epoch']}/{args.epochs}, val accuracy {val_acc:.4f} "
         f"({correct}/{len(data.val_y)})"
-        + (f", real drawings {metrics['real_accuracy']:.4f} of {len(real_y)}" if len(real_y) else "")
+        + (f", real drawings {metrics['real_accuracy']:.4f} of {metrics['real_count']}" if "real" in val_sets else "")
         + (f", test accuracy {metrics['test_accuracy']:.4f}" if "test_accuracy" in metrics else "")
         + f", {summary['images_per_s']:.0f} img/s, wall {train_s:.1f}s (Ray start {ray_start_s:.1f}s); "
           f"report in {report_uri}")
@@ -216,7 +234,7 @@ def main(argv=None):
 
     # ---- export, quantize, and publish if it beats the champion ---------------------------
     from service.contract import model_input
-    from training.champion import Gate, scores
+    from training.champion import Gate
     from training.export import ParityError, check_parity, export_onnx
     from training.publish import publish
 
@@ -229,29 +247,23 @@ def main(argv=None):
     quantization = {"scheme": "none"}
     if args.quantize == "int8":
         onnx_bytes, metrics, quantization = quantize(onnx_bytes, data, train_x, metrics, log)
-    sets = {"mnist_val": (data.val_x, data.val_y), "real": (real_x, real_y)}
-    own = scores(onnx_bytes, sets)
-    if "real" in own:
-        metrics["real_accuracy"] = own["real"]
-    gate = Gate(own, sets, args.promotion_margin, log)
+    gate = Gate({"mnist_val": (data.val_x, data.val_y), **val_sets}, args.promotion_margin, args.digit_margin,
+                eval_set=real.version if real is not None else None, log=log)
+    for name, score in gate.scores(onnx_bytes).items():  # the published model's own scores, as the gate sees them
+        if name != "mnist_val":
+            metrics[f"{name}_accuracy"] = score["accuracy"]
     for uri in stores:  # a local store directory is made on first publish
         if "://" not in uri:
             os.makedirs(uri, exist_ok=True)
-    try:
-        pointer, _ = open_store(stores[0]).read_latest()
-        gate(open_store(stores[0]), pointer["version"] if pointer else None)  # the comparison model.json keeps
-    except StoreError as e:
-        sys.exit(f"error: cannot read the champion from {stores[0]}: {e}")
     meta = {"metrics": metrics, "quantization": quantization, "data_source": data.source,
-            "code_revision": code_revision(), "run_name": run_name, "evaluation": gate.last,
-            "feedback": feedback_info or None, "warm_start": init[2] if init else None,
+            "code_revision": code_revision(), "run_name": run_name, "feedback": feedback_info or None,
+            "warm_start": init[2] if init else None,
             "config": {**vars(args), "model": state["model_config"],
                        "recipe": {**RECIPE, **recipe},  # the recipe this run used: the defaults with the flags applied
                        "train_samples": int(len(train_y))}}
     try:
         result = publish(onnx_bytes, json.loads(json.dumps(meta, default=str)), stores,
-                         margin=args.promotion_margin, force=args.force_promote, log=log, gate=gate,
-                         checkpoint=checkpoint_bytes)
+                         gate, force=args.force_promote, log=log, checkpoint=checkpoint_bytes)
     except StoreError as e:
         sys.exit(f"error: {e}")
     for uri, r in result["stores"].items():
@@ -264,25 +276,42 @@ def _none(text):
     return None if text.strip().lower() in ("", "none") else text.strip()
 
 
-def corrections(args, log):
-    """(real-drawings images, labels, what was used) from --feedback: the held-out writers'
-    corrections, and the training ones under "train_x"/"train_y"; empty without feedback."""
-    empty = np.zeros((0, SIDE, SIDE), np.uint8), np.zeros(0, np.uint8), {}
+def corrections(args, stores, log):
+    """(the real-drawings evaluation set or None, the corrections to train on or None, what
+    was used) from --feedback. The evaluation set is frozen in the first --publish store
+    (training/evalset.py), which also keeps the secret that picks the held-out writers;
+    without one, they are drawn for this run alone and nothing is frozen."""
     uri = _none(args.feedback)
     if uri is None:
-        return empty
-    from training import feedback
+        return None, None, {}
+    import secrets
 
+    from training import evalset
+    from training.feedback import loader
+
+    model_store = open_store(stores[0]) if stores else None
     try:
-        found = feedback.load(uri, log)
+        if model_store is not None and "://" not in stores[0]:
+            os.makedirs(stores[0], exist_ok=True)  # a local store directory is made on first use
+        secret = evalset.secret(model_store) if model_store is not None else secrets.token_bytes(32)
+        found = loader.load(open_store(uri), secret, args.feedback_trust, args.feedback_max, args.feedback_share, log)
+        if model_store is not None:
+            real = evalset.update(model_store, found.held, found.states, uri, log)
+        else:
+            held = found.held
+            real = evalset.EvalSet("unfrozen", held.ids, held.writers, held.x, held.y) if len(held) else None
+            log("evalset: no --publish store: the held-out writers are drawn for this run alone, nothing is frozen")
     except StoreError as e:
         sys.exit(f"error: cannot read the corrections in {uri}: {e}; check FEEDBACK_URI, or pass --feedback none")
-    train, real = feedback.split(found)
-    log(f"feedback: training on {len(train):,} corrections (each seen {args.feedback_weight} times an epoch), "
-        f"validating on {len(real):,} from {len(set(real.writers)):,} other writers")
-    info = {"uri": uri, "used": len(train), "held_out": len(real), "skipped": len(found.skipped),
-            "weight": args.feedback_weight, "train_x": train.x, "train_y": train.y}
-    return real.x, real.y, info
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    log(f"feedback: training on {len(found.train):,} corrections (each seen {args.feedback_weight} times an epoch), "
+        f"grading on {len(real) if real is not None else 0:,} of held-out writers")
+    info = {"uri": uri, "trust": args.feedback_trust, "used": len(found.train), "weight": args.feedback_weight,
+            "eval_set": real.version if real is not None else None, "eval_count": len(real) if real is not None else 0,
+            **{k: found.counts[k] for k in ("records", "pending", "approved", "rejected", "read", "held_out",
+                                            "skipped", "over_share", "left", "limit", "cap")}}
+    return real, found.train, info
 
 
 def quantize(onnx_bytes, data, train_x, metrics, log):

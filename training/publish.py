@@ -4,19 +4,18 @@ For each store, in order:
 
 1. if the store already holds a version with this model's sha256, say so and stop: a rerun
    of a finished run publishes nothing new and moves nothing;
-2. upload ``models/<version>/model.onnx``, the training checkpoint if given, then
-   ``model.json`` (objects are never overwritten);
+2. upload ``models/<version>/model.onnx`` and the training checkpoint if given, ask the
+   promotion gate (training/champion.py) about the version LATEST names, and upload
+   ``model.json`` with its verdict as ``evaluation`` (objects are never overwritten);
 3. read them back with ``load_verified``, exactly as the service will, and check the sha256;
 4. only then move ``LATEST`` with compare-and-swap (training/registry.py records the move
-   in the store's history), if the promotion gate allows it.
+   in the store's history), if the gate allows it (``force`` moves it whatever the gate says).
 
-The gate decides whether the new model replaces the version LATEST names. The default
-compares the val_accuracy recorded in the two model.json files: a model below LATEST's by
-more than ``margin`` is published (its files are in the store) but not promoted, unless
-``force``. The training CLI passes a gate that scores both models on the same digits
-(training/champion.py). If another publisher moves LATEST between our read and our swap,
-we re-read it, re-apply the gate against the new LATEST and try again, a bounded number of
-times. No publisher ever overwrites LATEST blindly.
+The gate is the only judge, and publish() the only caller. If another publisher moves
+LATEST between our read and our swap, we re-read it, ask the gate about the new LATEST and
+try again, a bounded number of times; model.json then keeps the first verdict, and the log
+and the history entry's reason give the one that moved (or kept) LATEST. No publisher ever
+overwrites LATEST blindly.
 
 A crash at any point before the swap leaves LATEST on the previous good version; the
 orphaned version directory is harmless (the service only follows LATEST).
@@ -33,11 +32,12 @@ from service.contract import INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME, OUTPUT_SHAPE
 from service.store import (PointerConflict, StoreError, StoreNotFound, StoreUnreachable, load_verified, open_store,
                            sha256_hex)
 from training import registry
+from training.cli import actor
 
 ATTEMPTS = 5  # LATEST swaps tried per store before giving up (each failure means another publisher won)
 
 # Keys publish() writes into model.json itself; meta may not set them.
-RESERVED = ("version", "created_at", "sha256", "size_bytes", "input", "output")
+RESERVED = ("version", "created_at", "sha256", "size_bytes", "input", "output", "evaluation")
 
 
 def model_signature(onnx_bytes):
@@ -86,42 +86,17 @@ def val_accuracy(meta, where):
     return acc
 
 
-def accuracy_gate(acc, margin=0.002):
-    """The default gate: promote unless ``acc`` is more than ``margin`` below the
-    val_accuracy that LATEST's model.json records. A gate is called with (store, current
-    LATEST version or None) and returns (promote, reason)."""
-    def gate(store, current):
-        if current is None:
-            return True, "no LATEST yet"
-        try:
-            _, current_meta = load_verified(store, current)
-        except StoreUnreachable:
-            raise
-        except StoreError as e:
-            # The service refuses what LATEST names, so anything verified is better.
-            return True, f"current LATEST {current} is unusable ({e})"
-        try:
-            current_acc = val_accuracy(current_meta, f"{store.uri}/{contract.model_key(current, contract.META_FILE)}")
-        except ValueError as e:
-            return True, f"current LATEST {current} cannot be compared ({e})"
-        # The 1e-9 keeps float rounding (0.99 - 0.988 > 0.002) from deciding an exact-margin tie.
-        if current_acc - acc > margin + 1e-9:
-            return False, (f"val_accuracy {acc:.4f} is below LATEST {current}'s {current_acc:.4f} "
-                           f"by more than the margin {margin}")
-        return True, f"val_accuracy {acc:.4f} vs LATEST {current}'s {current_acc:.4f}, within margin {margin}"
-
-    return gate
-
-
-def publish(onnx_bytes, meta, store_uris, margin=0.002, force=False, log=print, attempts=ATTEMPTS, gate=None,
-            checkpoint=None, by=None):
+def publish(onnx_bytes, meta, store_uris, gate, force=False, log=print, attempts=ATTEMPTS, checkpoint=None, by=None):
     """Publish ``onnx_bytes`` as a new version to every store in ``store_uris``.
 
     ``meta`` goes into model.json as is (it must be JSON-serialisable and hold
     ``metrics.val_accuracy`` as a fraction; add data source, training config, code
-    revision); publish adds version, created_at, sha256, size_bytes, input and output.
-    The version is ``<UTC %Y%m%dT%H%M%SZ>-<first 8 hex of sha256>``, so names sort by time.
-    ``gate`` (default ``accuracy_gate(val_accuracy, margin)``) decides promotion; ``force``
+    revision); publish adds version, created_at, sha256, size_bytes, input, output and
+    ``evaluation``, the gate's record of its verdict. The version is
+    ``<UTC %Y%m%dT%H%M%SZ>-<first 8 hex of sha256>``, so names sort by time.
+
+    ``gate(store, current LATEST version or None, onnx_bytes)`` returns a verdict with
+    ``promote``, ``reason`` and ``record`` (training/champion.py: ``Gate``); ``force``
     promotes whatever it says. ``checkpoint`` (bytes) is stored beside the model for warm
     starts. ``by`` names who publishes, for the store's history.
 
@@ -143,7 +118,6 @@ def publish(onnx_bytes, meta, store_uris, margin=0.002, force=False, log=print, 
     clash = sorted(set(meta) & set(RESERVED))
     if clash:
         raise ValueError(f"meta sets {clash}, which publish writes itself; remove them from meta")
-    gate = gate or accuracy_gate(acc, margin)
 
     now = datetime.datetime.now(datetime.timezone.utc)
     sha = sha256_hex(onnx_bytes)
@@ -151,7 +125,7 @@ def publish(onnx_bytes, meta, store_uris, margin=0.002, force=False, log=print, 
     record = {**meta, "version": version, "created_at": f"{now:%Y-%m-%dT%H:%M:%SZ}", "sha256": sha,
               "size_bytes": len(onnx_bytes), **signature}
     try:
-        meta_bytes = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+        json.dumps(record)
     except TypeError as e:
         raise ValueError(f"meta is not JSON-serialisable ({e}); convert numpy/torch values to plain Python") from e
 
@@ -169,8 +143,8 @@ def publish(onnx_bytes, meta, store_uris, margin=0.002, force=False, log=print, 
                 log(f"publish: {reason}")
                 results[uri] = _result(current == existing, reason, current, 0)
                 continue
-            results[uri] = _publish_one(store, version, onnx_bytes, meta_bytes, checkpoint, sha, gate, force,
-                                        by or registry.actor(), log, attempts)
+            results[uri] = _publish_one(store, version, onnx_bytes, record, checkpoint, sha, gate, force,
+                                        by or actor(), log, attempts)
         except StoreError as e:
             log(f"publish: {uri}: FAILED: {e}")
             failures.append((uri, e))
@@ -179,6 +153,16 @@ def publish(onnx_bytes, meta, store_uris, margin=0.002, force=False, log=print, 
         done = ", ".join(results) or "none"
         raise type(e)(f"publishing {version} to {uri} failed: {e} (stores that succeeded: {done})") from e
     return {"version": version, "sha256": sha, "stores": results}
+
+
+def _read_latest(store, attempts):
+    """(pointer, token) of LATEST; on GCS a read can race a move, so try again."""
+    for _ in range(attempts - 1):
+        try:
+            return store.read_latest()
+        except PointerConflict:
+            continue
+    return store.read_latest()
 
 
 def published_as(store, sha):
@@ -194,12 +178,20 @@ def published_as(store, sha):
     return None
 
 
-def _publish_one(store, version, onnx_bytes, meta_bytes, checkpoint, sha, gate, force, by, log, attempts):
+def _publish_one(store, version, onnx_bytes, record, checkpoint, sha, gate, force, by, log, attempts):
     # model.onnx (and the checkpoint) first: a model.json always describes a model that is already there.
     files = [(contract.MODEL_FILE, onnx_bytes)] + ([(contract.CHECKPOINT_FILE, checkpoint)] if checkpoint else [])
-    for name, data in files + [(contract.META_FILE, meta_bytes)]:
+    for name, data in files:
         _put(store, contract.model_key(version, name), data)
         log(f"publish: {store.uri}: uploaded {contract.model_key(version, name)}")
+
+    # The gate's verdict on the LATEST of now goes into model.json.
+    pointer, _ = _read_latest(store, attempts)
+    judged = pointer["version"] if pointer else None
+    verdict = gate(store, judged, onnx_bytes)
+    meta_bytes = (json.dumps({**record, "evaluation": verdict.record}, indent=2, sort_keys=True) + "\n").encode()
+    _put(store, contract.model_key(version, contract.META_FILE), meta_bytes)
+    log(f"publish: {store.uri}: uploaded {contract.model_key(version, contract.META_FILE)}")
 
     # Read back through the service's own check, so LATEST never names a version it would refuse.
     _, stored = load_verified(store, version)
@@ -218,7 +210,11 @@ def _publish_one(store, version, onnx_bytes, meta_bytes, checkpoint, sha, gate, 
         current = pointer["version"] if pointer else None
         if current == version:
             return _result(True, f"{version} is already LATEST", current, conflicts)
-        promote, reason = gate(store, current)
+        if current != judged:
+            log(f"publish: {store.uri}: LATEST moved from {judged} to {current} since model.json's evaluation; "
+                "asking the gate about it")
+            judged, verdict = current, gate(store, current, onnx_bytes)
+        promote, reason = verdict.promote, verdict.reason
         if not promote and force:
             promote, reason = True, f"forced, although {reason}"
         if not promote:

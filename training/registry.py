@@ -14,43 +14,21 @@ The CLI (``python -m training.registry --help``) lists, shows, promotes, rolls b
 prunes versions over a directory, a PVC mount or ``gs://bucket/prefix``, through the store
 client only.
 """
-import argparse
-import datetime
-import getpass
 import json
-import os
-import socket
 import sys
 
 from service import contract
-from service.store import (AlreadyExists, PointerConflict, StoreError, StoreNotFound, StoreUnreachable, load_verified,
-                           open_store)
-
-
-def actor():
-    """Who is moving LATEST: DIGITDRAW_ACTOR if set (a RayJob names its run), else user@host."""
-    if os.environ.get("DIGITDRAW_ACTOR"):
-        return os.environ["DIGITDRAW_ACTOR"]
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
-
-
-def _now():
-    return f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%S.%fZ}"
-
-
-def _dump(entry):
-    return (json.dumps(entry, sort_keys=True) + "\n").encode()
+from service.store import AlreadyExists, StoreError, StoreNotFound, StoreUnreachable, load_verified
+from training.cli import (EXIT_CONFLICT, EXIT_INVALID, EXIT_NO_PREVIOUS, EXIT_NOT_FOUND, EXIT_OK,  # noqa: F401
+                          EXIT_UNREACHABLE, EXIT_UNVERIFIED, EXIT_USAGE, CliError, actor, dump, now, reason, run_cli,
+                          store_cli, table, whole)
 
 
 def record(store, pointer):
     """Make sure ``pointer`` (a LATEST value with a seq) has its history copy."""
     if isinstance(pointer, dict) and isinstance(pointer.get("seq"), int):
         try:
-            store.create(contract.history_key(pointer["seq"]), _dump(pointer))
+            store.create(contract.history_key(pointer["seq"]), dump(pointer))
         except AlreadyExists:
             pass
 
@@ -65,7 +43,7 @@ def move_latest(store, version, pointer, token, action, by, reason):
     if not isinstance(seq, int):  # an empty store, or a pointer written before history
         seq = _last_seq(store)
     entry = {"version": version, "seq": seq + 1, "previous": pointer["version"] if pointer else None,
-             "action": action, "by": by, "reason": reason, "at": _now()}
+             "action": action, "by": by, "reason": reason, "at": now()}
     store.swap_latest(entry, token)
     record(store, entry)
     return entry
@@ -97,23 +75,9 @@ def history(store):
     return [entries[k] for k in sorted(entries)]
 
 
-class RegistryError(StoreError):
+class RegistryError(CliError):
     """A registry command cannot do what was asked; ``exit_code`` says which kind of failure."""
 
-    def __init__(self, message, exit_code):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-# The CLI's exit codes, one per kind of failure (listed in --help).
-EXIT_OK = 0
-EXIT_INVALID = 1  # the store holds something unusable, e.g. a models/LATEST that is not a pointer
-EXIT_USAGE = 2
-EXIT_NOT_FOUND = 3
-EXIT_UNREACHABLE = 4
-EXIT_CONFLICT = 5
-EXIT_UNVERIFIED = 6
-EXIT_NO_PREVIOUS = 7
 
 DEFAULT_STORE = contract.DEFAULT_MODEL_URI  # the service's own default, so both see the same local store
 RECENT = 3  # prune keeps the last RECENT distinct versions LATEST named: somewhere to roll back to
@@ -140,12 +104,6 @@ would roll back to, the last {RECENT} distinct versions LATEST named in the hist
 --protect. Pass --protect for each version a running service is pinned to (infra/rollout.sh
 knows the canary's). Everything is read before anything is deleted, and LATEST is read again
 before each deletion: if it moved, prune stops (exit {EXIT_CONFLICT})."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"error: {message}\n")
 
 
 def _version_of(pointer):
@@ -183,13 +141,6 @@ def _percent(value):
 
 def _size(n):
     return f"{n / 1024:,.1f} KiB" if isinstance(n, int) and not isinstance(n, bool) else "-"
-
-
-def _table(rows):
-    """``rows`` (the first one the header, if any) as aligned columns."""
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(c) for c in column) for column in zip(*cells)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
 def _require(store, version):
@@ -237,10 +188,10 @@ def cmd_list(store, args):
     elif not rows:
         print(f"{store.uri}: no versions")
     else:
-        print(_table([["", "VERSION", "CREATED", "VAL ACC", "REAL ACC", "SIZE", "MODEL"]]
-                     + [["*" if r["latest"] else "", r["version"], r["created_at"] or "-", _percent(r["val_accuracy"]),
-                       _percent(r["real_accuracy"]), _size(r["size_bytes"]),
-                       f"BROKEN: {r['broken']}" if r["broken"] else r["quantization"]] for r in rows]))
+        print(table([["", "VERSION", "CREATED", "VAL ACC", "REAL ACC", "SIZE", "MODEL"]]
+                    + [["*" if r["latest"] else "", r["version"], r["created_at"] or "-", _percent(r["val_accuracy"]),
+                        _percent(r["real_accuracy"]), _size(r["size_bytes"]),
+                        f"BROKEN: {r['broken']}" if r["broken"] else r["quantization"]] for r in rows]))
         print("* = LATEST")
     return EXIT_OK
 
@@ -264,7 +215,7 @@ def cmd_show(store, args):
              ("verified", f"NO: {problem}" if problem else f"yes (model.onnx has sha256 {info['sha256'][:12]}...)")]
     if "evaluation" in info:
         lines.append(("evaluation", json.dumps(info["evaluation"], sort_keys=True)))
-    print(_table(lines))
+    print(table(lines))
     print(f"model.json:\n{json.dumps(meta, indent=2, sort_keys=True)}" if meta else f"model.json: {broken}")
     return EXIT_UNVERIFIED if problem else EXIT_OK
 
@@ -296,9 +247,9 @@ def cmd_history(store, args):
     elif not entries:
         print(f"{store.uri}: no moves of LATEST recorded")
     else:
-        print(_table([["SEQ", "AT", "ACTION", "FROM", "TO", "BY", "REASON"]]
-                     + [[e["seq"], e.get("at") or "-", e.get("action") or "-", e.get("previous") or "-",
-                       e.get("version") or "-", e.get("by") or "-", e.get("reason") or "-"] for e in entries]))
+        print(table([["SEQ", "AT", "ACTION", "FROM", "TO", "BY", "REASON"]]
+                    + [[e["seq"], e.get("at") or "-", e.get("action") or "-", e.get("previous") or "-",
+                        e.get("version") or "-", e.get("by") or "-", e.get("reason") or "-"] for e in entries]))
     return EXIT_OK
 
 
@@ -361,42 +312,7 @@ def cmd_prune(store, args):
     return EXIT_OK
 
 
-def _reason(text):
-    if not text.strip():
-        raise argparse.ArgumentTypeError("say why, e.g. --reason \"v12 misreads 7s on the canary\"")
-    return text.strip()
-
-
-def _count(text):
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
-    return n
-
-
-def store_cli(prog, what, env, default, description, epilog):
-    """The top-level parser of a CLI over a store, shared with the feedback review CLI:
-    ``--store`` (before or after the command; env ``env``, then ``default``) and
-    ``command(name, fn, text, description=None)``, which adds a subcommand that runs
-    ``fn(store, args)`` through ``run_cli``. Returns (parser, command)."""
-    store_help = f"the {what}: a directory, a PVC mount or gs://bucket/prefix (env {env}; default {default})"
-    after = _Parser(add_help=False)  # --store also after the command; the top-level default stands
-    after.add_argument("--store", default=argparse.SUPPRESS, help=store_help)
-    top = _Parser(prog=prog, description=description, epilog=epilog,
-                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    top.add_argument("--store", default=os.environ.get(env, "").strip() or default, help=store_help)
-    top.set_defaults(store_env=env)  # for run_cli's messages
-    commands = top.add_subparsers(dest="name", required=True, metavar="COMMAND")
-
-    def command(name, fn, text, description=None):
-        sub = commands.add_parser(name, parents=[after], help=text, description=description or text, epilog=epilog,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.set_defaults(run=fn)
-        return sub
-    return top, command
+REASON = reason("v12 misreads 7s on the canary")
 
 
 def parser():
@@ -413,60 +329,20 @@ def parser():
     sub = command("promote", cmd_promote, "verify VERSION and point LATEST at it; promoting the version LATEST "
                   "already names changes nothing")
     sub.add_argument("version", metavar="VERSION")
-    sub.add_argument("--reason", type=_reason, required=True, help="why, for the history (required)")
+    sub.add_argument("--reason", type=REASON, required=True, help="why, for the history (required)")
     sub = command("rollback", cmd_rollback, "point LATEST back at the version it replaced (the pointer's "
                   "previous), after verifying it")
-    sub.add_argument("--reason", type=_reason, help="why, for the history")
+    sub.add_argument("--reason", type=REASON, help="why, for the history")
     sub = command("history", cmd_history, "every move of LATEST, oldest first: seq, time, action, from, to, by, "
                   "reason")
     sub.add_argument("--json", action="store_true", help="the entries as a JSON list")
     sub = command("prune", cmd_prune, "delete old versions (--dry-run to see which)", PRUNE_HELP)
-    sub.add_argument("--keep", type=_count, required=True, metavar="N", help="how many of the newest versions to keep")
+    sub.add_argument("--keep", type=whole(0), required=True, metavar="N",
+                     help="how many of the newest versions to keep")
     sub.add_argument("--protect", action="extend", nargs="+", default=[], metavar="VERSION",
                      help="never delete VERSION (one a running service is pinned to); repeatable")
     sub.add_argument("--dry-run", action="store_true", help="print what would be deleted and delete nothing")
     return top
-
-
-def _fail(message, code):
-    print("error: " + " ".join(str(message).split()), file=sys.stderr)
-    return code
-
-
-def run_cli(args, check=None):
-    """Open the store `args.store` names and return `args.run(store, args)`'s exit code, for
-    arguments parsed by a ``store_cli`` parser.
-
-    Shared by this CLI and the feedback review CLI: every store error becomes one line on stderr
-    that names the store, and its own exit code. `check(store)`, if given, runs first.
-    """
-    env = args.store_env
-    try:
-        store = open_store(args.store)
-    except ValueError as e:
-        return _fail(f"{e} (--store or env {env})", EXIT_USAGE)
-
-    def named(e):
-        return str(e) if store.uri in str(e) else f"{store.uri}: {e}"
-
-    try:
-        if check:
-            check(store)
-        return args.run(store, args)
-    except BrokenPipeError:  # `list | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail too
-        return EXIT_OK
-    except RegistryError as e:
-        return _fail(named(e), e.exit_code)
-    except StoreNotFound as e:  # deleted between listing and reading
-        return _fail(f"{named(e)}; run list to see what the store holds", EXIT_NOT_FOUND)
-    except StoreUnreachable as e:
-        return _fail(f"{named(e)}; check the store URI (--store or env {env}), the network and the credentials",
-                     EXIT_UNREACHABLE)
-    except PointerConflict:
-        return _fail(f"{store.uri}: another writer moved LATEST; run history and try again", EXIT_CONFLICT)
-    except StoreError as e:
-        return _fail(named(e), EXIT_INVALID)
 
 
 def main(argv=None):
