@@ -55,7 +55,8 @@ class MixedDigits(torch.utils.data.Dataset):
         k = int(self.order[j])
         if self.renderer is None:
             self.renderer = render.Renderer()
-        strokes, width = writing(self.strokes[k], np.random.default_rng([self.seed, self.epoch, j]))
+        strokes, width = writing(self.strokes[k], np.random.default_rng([self.seed, self.epoch, j]),
+                                 label=int(self.pen_labels[k]))
         digit = render.to_digit(self.renderer.render(strokes, width))
         if digit is None:  # never for a real pen digit; kept well-formed all the same
             digit = np.zeros((render.contract.SIDE,) * 2, np.uint8)

@@ -24,8 +24,23 @@ AUGMENT = {
     "ends": 0.3,               # chance that each stroke end is cut short or run on
     "end_length": 0.08,        # by up to this much (of the digit's size)
     "every": (1, 3),           # keep every k-th pen sample, k in this range: slower event rates
+    "slash": 0.25,             # chance that a 0 written in one stroke gets a slash through it
 }
 FIXED = {"size": (0.65, 0.65), "width": (PEN_WIDTH, PEN_WIDTH)}  # no augmentation: the page's pen, one size
+
+
+def _slash(strokes, rng):
+    """A straight stroke through the digit's middle, from above it to below it: the slashed
+    zero, which many people write and MNIST lacks. Its lean from upright (to the right, as in
+    "/", more often than to the left) and its overhang are drawn at random."""
+    points = np.concatenate(strokes)
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    mid = (lo + hi) / 2 + rng.uniform(-0.05, 0.05, size=2)
+    lean = rng.uniform(-0.6, 1.1)  # radians from upright; positive leans right at the top
+    direction = np.array([math.sin(lean), -math.cos(lean)])  # towards the top
+    half = ((hi - lo) / 2 / np.maximum(np.abs(direction), 1e-6)).min() * rng.uniform(1.0, 1.4)
+    top, bottom = mid + direction * half, mid - direction * half
+    return strokes + [top + (bottom - top) * np.linspace(0, 1, 9)[:, None]]
 
 
 def _hand(strokes, rng, slant, rotate, aspect):
@@ -85,11 +100,13 @@ def _every(strokes, rng, every):
             for pts in strokes]
 
 
-def writing(strokes, rng, config=AUGMENT):
+def writing(strokes, rng, config=AUGMENT, label=None):
     """(strokes on the pad as the page keeps them, pen width) for one variant of a pen digit
-    (float arrays [k, 2] in its own box, y down), drawn with ``rng`` from ``config``'s ranges
-    (AUGMENT; a missing key leaves that aspect as written)."""
+    (float arrays [k, 2] in its own box, y down) of ``label``, drawn with ``rng`` from
+    ``config``'s ranges (AUGMENT; a missing key leaves that aspect as written)."""
     strokes = [np.asarray(s, dtype=np.float64) for s in strokes]
+    if label == 0 and len(strokes) == 1 and rng.random() < config.get("slash", 0):
+        strokes = _slash(strokes, rng)
     if "slant" in config:
         strokes = _hand(strokes, rng, config["slant"], config["rotate"], config["aspect"])
     if "wobble" in config:
