@@ -67,7 +67,7 @@ FLAGS = [
      f"{int(HOLDOUT_SHARE * 100)}%% of their writers are held out as the real-drawings validation set; none to skip"),
     ("--feedback-weight", "FEEDBACK_WEIGHT", 8, int,
      "times each correction is seen per epoch (MNIST digits once); docs/training.md says how it was chosen"),
-    ("--pen-share", "PEN_SHARE", 0.2, float,
+    ("--pen-share", "PEN_SHARE", 0.45, float,
      "share of each epoch's training digits that are pen digits (training/unipen), each written anew in stroke "
      "space and rendered as the page renders it; 0 for none (the held-out pen writers are scored as pen_val "
      "either way); docs/training.md says how it was chosen"),
