@@ -86,11 +86,19 @@ def test_checkpoints_reach_directory_and_gcs_and_model_is_published(fake_gcs, tm
     report = json.loads((runs / name / "report" / "metrics.json").read_text())
     assert [m["epoch"] for m in report["epochs"]] == [1, 2]
     assert sum(map(sum, report["confusion_matrix"])) == 1000
-    for png in ("learning_curves.png", "confusion_matrix.png"):
+    for png in ("learning_curves.png", "confusion_matrix.png", "pen_val_confusion_matrix.png"):
         assert (runs / name / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The held-out pen writers: scored every epoch, with their confusion matrix; 45% of
+    # the epoch's digits were pen digits (--pen-share's default): 419 beside the 512 MNIST ones.
+    pen = report["summary"]["pen"]
+    assert all(0 <= m["pen_val_acc"] <= 1 for m in report["epochs"])
+    assert sum(map(sum, report["pen_val_confusion_matrix"])) == pen["held_out"] > 1000
+    assert pen["per_epoch"] == 419 and pen["digits"] + pen["held_out"] == 7522
     version = json.loads((store / "models" / "LATEST").read_text())["version"]
     meta = json.loads((store / "models" / version / "model.json").read_text())
     assert meta["run_name"] == name
+    # The gate scored the pen writers too, and model.json keeps the published file's score.
+    assert meta["evaluation"]["challenger_scores"]["pen_val"] == meta["metrics"]["pen_val_accuracy"]
     # Published int8 if it read the validation digits as well as the float model, else float;
     # either way model.json's accuracy is the published file's.
     q = meta["quantization"]
@@ -231,7 +239,8 @@ def test_help_documents_every_flag_with_its_env_var():
              "--max-failures": "MAX_FAILURES", "--keep-checkpoints": "KEEP_CHECKPOINTS", "--seed": "SEED",
              "--precision": "PRECISION", "--quantize": "QUANTIZE", "--feedback": "FEEDBACK_URI",
              "--feedback-trust": "FEEDBACK_TRUST", "--feedback-max": "FEEDBACK_MAX", "--feedback-share": "FEEDBACK_SHARE",
-             "--feedback-weight": "FEEDBACK_WEIGHT", "--digit-margin": "DIGIT_MARGIN", "--init-from": "INIT_FROM"}
+             "--feedback-weight": "FEEDBACK_WEIGHT", "--digit-margin": "DIGIT_MARGIN", "--init-from": "INIT_FROM",
+             "--pen-share": "PEN_SHARE"}
     for flag, env in flags.items():
         assert re.search(rf"{flag}\b", out), flag
         assert f"(env {env};" in out, env
@@ -256,3 +265,10 @@ def test_unknown_quantization_is_refused_before_anything_starts():
                             text=True, timeout=60)
     assert result.returncode != 0
     assert "--quantize 'int4': use int8 or none" in result.stderr
+
+
+def test_a_pen_share_outside_0_to_1_is_refused_before_anything_starts():
+    result = subprocess.run([sys.executable, "-m", "training", "--pen-share", "1"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0
+    assert "--pen-share 1.0: use a share from 0 (no pen digits) up to, not including, 1" in result.stderr

@@ -114,8 +114,9 @@ def test_retraining_uses_approved_corrections_and_warm_starts_from_latest(store,
     assert len(new) == 1, versions
     meta = json.loads(open(os.path.join(store, "models", new[0], "model.json")).read())
     evaluation = meta["evaluation"]
-    assert evaluation["champion"] == champion and set(evaluation["challenger_scores"]) == {"mnist_val", "real"}
-    assert set(evaluation["champion_scores"]) == {"mnist_val", "real"} and evaluation["eval_set"] == frozen.version
+    # Both models scored on the same sets: MNIST validation, the held-out pen writers, the frozen corrections.
+    assert evaluation["champion"] == champion and set(evaluation["challenger_scores"]) == {"mnist_val", "pen_val", "real"}
+    assert set(evaluation["champion_scores"]) == {"mnist_val", "pen_val", "real"} and evaluation["eval_set"] == frozen.version
     assert evaluation["per_digit"]["real"]["count"] == [int((frozen.y == d).sum()) for d in range(10)]
     assert sum(evaluation["per_digit"]["mnist_val"]["count"]) == 1000
     assert meta["metrics"]["real_accuracy"] == evaluation["challenger_scores"]["real"]

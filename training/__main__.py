@@ -20,6 +20,7 @@ use_local_ray_env()  # before Ray is imported: it reads them then
 from training.data import DATA_DIR_HELP, DATA_ERRORS, MIRRORS_HELP, SOURCE_HELP, load_mnist  # noqa: E402
 from training.champion import DIGIT_MARGIN, PROMOTION_MARGIN  # noqa: E402
 from training.feedback.loader import HOLDOUT_SHARE, MAX_CORRECTIONS, MAX_SHARE, TRUST  # noqa: E402
+from training import mix, pen  # noqa: E402
 from service import contract  # noqa: E402
 from service.store import StoreError, open_store  # noqa: E402
 
@@ -80,6 +81,10 @@ FLAGS = [
      "no client and no network gives more than this share of --feedback-max"),
     ("--feedback-weight", "FEEDBACK_WEIGHT", 8, int,
      "times each correction is seen per epoch (MNIST digits once); docs/training.md says how it was chosen"),
+    ("--pen-share", "PEN_SHARE", 0.45, float,
+     "share of each epoch's training digits that are pen digits (training/unipen), each written anew in stroke "
+     "space and rendered as the page renders it; 0 for none (the held-out pen writers are scored as pen_val "
+     "either way); docs/training.md says how it was chosen"),
     ("--init-from", "INIT_FROM", "none", str,
      "warm start: latest (the checkpoint published beside LATEST's model in the first --publish store), "
      "none (fresh weights), or the URI of a checkpoint file or directory"),
@@ -133,13 +138,15 @@ def main(argv=None):
         sys.exit(f"error: --precision {args.precision!r}: use auto, bf16 or fp32")
     if args.quantize not in ("int8", "none"):
         sys.exit(f"error: --quantize {args.quantize!r}: use int8 or none")
+    if not 0 <= args.pen_share < 1:
+        sys.exit(f"error: --pen-share {args.pen_share}: use a share from 0 (no pen digits) up to, not including, 1")
     log = print
     run_name = args.run_name or f"digitdraw-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     mirror = _none(args.checkpoint_mirror)
     stores = [s.strip() for s in (_none(args.publish) or "").split(",") if s.strip()]
     os.environ.setdefault("DIGITDRAW_ACTOR", f"training run {run_name}")  # who moves LATEST, in its history
 
-    # ---- data: MNIST, and the corrections people sent --------------------------------------
+    # ---- data: MNIST, pen digits, and the corrections people sent ----------------------------
     try:
         data = load_mnist(args.data, args.data_dir, args.mirrors or None, log=log)
     except DATA_ERRORS as e:
@@ -152,6 +159,9 @@ def main(argv=None):
     if used is not None and len(used):
         train_x = np.concatenate([train_x, *[used.x] * args.feedback_weight])
         train_y = np.concatenate([train_y, *[used.y] * args.feedback_weight])
+    pen_train, pen_val = pen.load_sets(log)
+    pen_info = {"share": args.pen_share, "per_epoch": mix.pen_count(len(train_y), args.pen_share),
+                "digits": len(pen_train), "held_out": len(pen_val[1])}
 
     from training import checkpoints
     try:
@@ -177,9 +187,11 @@ def main(argv=None):
     log(f"train: run {run_name} -> {args.storage_path.rstrip('/')}/{run_name}"
         + (f" (mirror {mirror.rstrip('/')}/{run_name})" if mirror else "")
         + f"; {args.num_workers} worker(s), {'GPU' if args.use_gpu else 'CPU'}, {args.epochs} epochs")
-    # The held-out sets scored every epoch, and (with MNIST validation) the trusted sets the gate grades on.
-    val_sets = {"real": (real.x, real.y)} if real is not None and len(real) else {}
+    # The held-out sets scored every epoch, and (with MNIST validation) the trusted sets the gate
+    # grades on: the bundled pen writers nobody can write to, and the frozen approved corrections.
+    val_sets = {"pen_val": pen_val, **({"real": (real.x, real.y)} if real is not None and len(real) else {})}
     arrays = {"train_x": train_x, "train_y": train_y, "val_x": data.val_x, "val_y": data.val_y,
+              "pen_strokes": pen_train.strokes, "pen_labels": pen_train.labels, "pen_count": pen_info["per_epoch"],
               "val_sets": val_sets, "init_model": init[0] if init else None}
     result = run_training(recipe, arrays, num_workers=args.num_workers, use_gpu=args.use_gpu,
                           storage_path=args.storage_path, run_name=run_name, checkpoint_mirror=mirror,
@@ -217,11 +229,13 @@ def main(argv=None):
                "train_wall_s": train_s, "ray_start_s": ray_start_s,
                "images_per_s": sum(m["images_per_s"] for m in history) / len(history),
                "last_epoch": (result.metrics or history[-1])["epoch"], "feedback": feedback_info or None,
+               "pen": pen_info,
                "warm_start": init[2] if init else None}
     report_uri = write_report(f"{args.storage_path.rstrip('/')}/{run_name}", history, summary,
                               confusion_matrix(data.val_y, preds), confusions)
     log(f"summary: run {run_name}: epoch {state['epoch']}/{args.epochs}, val accuracy {val_acc:.4f} "
         f"({correct}/{len(data.val_y)})"
+        + f", pen_val {metrics['pen_val_accuracy']:.4f} of {len(pen_val[1])}"
         + (f", real drawings {metrics['real_accuracy']:.4f} of {metrics['real_count']}" if "real" in val_sets else "")
         + (f", test accuracy {metrics['test_accuracy']:.4f}" if "test_accuracy" in metrics else "")
         + f", {summary['images_per_s']:.0f} img/s, wall {train_s:.1f}s (Ray start {ray_start_s:.1f}s); "
@@ -256,11 +270,11 @@ def main(argv=None):
         if "://" not in uri:
             os.makedirs(uri, exist_ok=True)
     meta = {"metrics": metrics, "quantization": quantization, "data_source": data.source,
-            "code_revision": code_revision(), "run_name": run_name, "feedback": feedback_info or None,
+            "code_revision": code_revision(), "run_name": run_name, "feedback": feedback_info or None, "pen": pen_info,
             "warm_start": init[2] if init else None,
             "config": {**vars(args), "model": state["model_config"],
                        "recipe": {**RECIPE, **recipe},  # the recipe this run used: the defaults with the flags applied
-                       "train_samples": int(len(train_y))}}
+                       "train_samples": int(len(train_y)) + pen_info["per_epoch"]}}
     try:
         result = publish(onnx_bytes, json.loads(json.dumps(meta, default=str)), stores,
                          gate, force=args.force_promote, log=log, checkpoint=checkpoint_bytes)

@@ -8,7 +8,6 @@ import os
 import tempfile
 import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -17,6 +16,7 @@ from service.contract import PIXEL_MAX
 from training import checkpoints
 from training.augment import augment
 from training.evaluate import evaluate
+from training.mix import MixedDigits
 from training.model import build_model
 
 
@@ -79,8 +79,9 @@ def train_loop_per_worker(config):
     epochs = config["epochs"]
 
     data = ray.get(config["data_ref"])
-    train_x = torch.from_numpy(data["train_x"].copy()).unsqueeze(1)  # uint8, converted per batch
-    train_y = torch.from_numpy(data["train_y"].astype(np.int64))
+    # uint8 digits, converted per batch; the pen digits rendered as the DataLoader asks for them
+    dataset = MixedDigits(data["train_x"], data["train_y"], data.get("pen_strokes", ()), data.get("pen_labels", ()),
+                          data.get("pen_count", 0), seed=config["seed"])
 
     # Same seed on every rank for the initial weights (DDP also broadcasts rank 0's).
     torch.manual_seed(config["seed"])
@@ -97,8 +98,7 @@ def train_loop_per_worker(config):
         print(f"precision: {'bfloat16 autocast' if bf16 else 'float32'} on {device.type}", flush=True)
 
     per_worker_batch = max(1, config["batch_size"] // world)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(train_x, train_y),
-                                         batch_size=per_worker_batch, shuffle=True, drop_last=True)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=per_worker_batch, shuffle=True, drop_last=True)
     loader = ray.train.torch.prepare_data_loader(loader)  # DistributedSampler + move to device
 
     optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9, nesterov=True,
@@ -140,6 +140,7 @@ def train_loop_per_worker(config):
         torch.manual_seed(config["seed"] + 1000 * epoch + rank)
         if world > 1:
             loader.sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
         t_epoch = time.time()
         loss_sum = torch.zeros((), device=device)
         batches = len(loader)
