@@ -5,6 +5,7 @@ Records are created in a real store (a directory, and gs:// on fake-gcs-server) 
 POST /feedback stores them, decided through training/feedback/decisions.py, and read back by
 the loader as `python -m training` does.
 """
+import numpy as np
 import pytest
 
 from service import contract
@@ -78,6 +79,27 @@ def test_no_client_or_network_gives_more_than_its_share(store_uri):
     assert len(found.train) == 9 and found.counts["over_share"] == 7
     assert lines[-1] == ("feedback: 7 left out over the share of one client or network (at most 3 each, "
                          "--feedback-share 0.15 of --feedback-max 20): client flood (5), network v4:ab (2)")
+
+
+def test_what_is_not_a_drawing_never_trains_even_when_approved(store_uri):
+    """Records the service would now refuse (a dot, noise, a dot's strokes), stored before it
+    did or by other hands, and approved by mistake: skipped and named, never trained on."""
+    noise = (np.random.default_rng(0).random((28, 28)) < 0.5).astype(np.uint8) * 255
+    dot = np.zeros((28, 28), np.uint8)
+    dot[13:15, 13:15] = 255
+    seven, label = digit(0)
+    good = put(store_uri, make_record(seven, label, predicted=1, client_id="pen-0"))
+    bad = [put(store_uri, make_record(noise, 7, predicted=1, client_id="noise")),
+           put(store_uri, make_record(dot, 1, predicted=1, client_id="dot")),
+           put(store_uri, make_record(digit(1)[0], 7, predicted=1, client_id="dot-strokes",
+                                      strokes=[[[0.5, 0.5], [0.51, 0.5]]]))]
+    approve(store_uri, [r["id"] for r in [good] + bad])
+    lines = []
+    found = load(store_uri, lines.append)
+    assert found.train.ids == [good["id"]]
+    assert sorted(found.skipped) == sorted(r["id"] for r in bad)
+    assert all(why.startswith("not a drawing: ") for why in found.skipped.values())
+    assert "skipped 3 (unreadable or not drawings)" in "\n".join(lines)
 
 
 def test_held_out_writers_never_train_and_only_their_approved_corrections_grade(store_uri):

@@ -90,12 +90,10 @@ def held_out(writer, secret, share=HOLDOUT_SHARE):
 
 
 def not_a_drawing(record, pixels):
-    """Why a record is not a drawing, or None.
-
-    THE ONE CALL SITE for the service's check of what a drawing is (POST /feedback refuses
-    anything else with a 422): until that check lands in service/ (beside service/contract.py,
-    numpy only, so the training image has it), every record is taken as a drawing here."""
-    return None
+    """Why a record is not a drawing, or None: the service's own rule (service/contract.py),
+    which POST /feedback answers with a 422, applied to records stored before it or written
+    to the store by other hands."""
+    return contract.not_a_drawing(pixels, record.get("strokes"))
 
 
 def _trusted(state, trust):
