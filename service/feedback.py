@@ -22,7 +22,7 @@ import re
 
 from flask import request
 
-from . import clients, contract, payload, preprocess
+from . import clients, contract, ink, payload, preprocess
 from .config import VERSION_NAME
 from .errors import ApiError, json_response
 from .metrics import UNKNOWN
@@ -83,8 +83,8 @@ def drawing(image, limits, strokes=None):
     Raises ApiError 400/413/415/422."""
     im = preprocess.decode(image, limits)
     pixels = contract.to_pixels(preprocess.to_mnist(im))
-    ink = preprocess.ink_image(im)
-    why = contract.not_a_drawing(pixels, strokes, max(ink.size) if ink is not None else None)
+    inked = ink.ink_image(im)
+    why = contract.not_a_drawing(pixels, strokes, max(inked.size) if inked is not None else None)
     if why:
         raise ApiError("not_a_drawing", f"{why}; only drawings of a digit are stored, so draw one with the pen")
     return pixels

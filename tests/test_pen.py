@@ -13,7 +13,7 @@ import pytest
 
 from service import ink
 from training import make_unipen, pen, render, stroke_augment
-from training.feedback import held_out
+from training.pen import held_out
 from training.mix import MixedDigits, pen_count
 
 # training/unipen/README.md

@@ -351,12 +351,12 @@ def as_record(im):
     """The 28x28 pixels (uint8, ink 255) a record holds for a PIL image, and its ink's side."""
     import io
 
-    from service import preprocess
+    from service import ink, preprocess
 
     buf = io.BytesIO()
     im.save(buf, "PNG")
     decoded = preprocess.decode(buf.getvalue(), preprocess.Limits(10 ** 6))
-    return contract.to_pixels(preprocess.to_mnist(decoded)), max(preprocess.ink_image(decoded).size)
+    return contract.to_pixels(preprocess.to_mnist(decoded)), max(ink.ink_image(decoded).size)
 
 
 def test_drawings_are_drawings_and_dots_blobs_and_noise_are_not():
