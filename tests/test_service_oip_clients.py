@@ -7,12 +7,11 @@ here (docs/serving.md)."""
 import numpy as np
 import pytest
 import requests
+import tritonclient.http as tritonclient
+from tritonclient.utils import InferenceServerException
 
 from service import preprocess
 from service_helpers import ServiceProcess, data_url, draw_digit, latest_version, png_bytes
-
-tritonclient = pytest.importorskip("tritonclient.http", reason="pip install -r tests/requirements.txt")
-from tritonclient.utils import InferenceServerException  # noqa: E402
 
 pytestmark = pytest.mark.slow  # starts a server process
 
