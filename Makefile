@@ -24,9 +24,22 @@ REVIEW_PORT ?= 8090
 # axe-core for the accessibility audits, at the version tests/package-lock.json pins.
 AXE := tests/node_modules/axe-core/axe.min.js
 
-.PHONY: setup browser run train retrain serve review test unit validate bench clean
+.PHONY: setup gl browser run train retrain serve review test unit validate bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) gl
+
+# Skia, which renders the pen digits for training (training/render.py), loads libEGL and
+# libGL: Debian's libegl1 and libgl1, installed here when run as root (as in CI).
+gl:
+	@if ! /sbin/ldconfig -p | grep -q 'libEGL.so.1 ' || ! /sbin/ldconfig -p | grep -q 'libGL.so.1 '; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get install -y --no-install-recommends libegl1 libgl1 \
+	    || (apt-get update && apt-get install -y --no-install-recommends libegl1 libgl1); \
+	  else \
+	    echo "error: training renders pen digits with Skia, which needs libEGL and libGL: sudo apt-get install libegl1 libgl1" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
 
 $(STAMP): requirements.txt training/requirements.txt service/requirements.txt tests/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
